@@ -1,0 +1,50 @@
+"""Wiring of the write side: the one place that connects the ledger to Postgres (nothing connects at import)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from infra.postgres_store import (
+    PostgresTransferLookup,
+    PostgresWriterLease,
+    check_durability,
+    postgres_env,
+)
+from infra.settings import ensure_database, load_settings
+from ledger.application import LedgerApplication, ledger_env
+from ledger.writer import LedgerWriter
+
+
+@dataclass
+class LedgerRuntime:
+    app: LedgerApplication
+    writer: LedgerWriter
+
+    def close(self) -> None:
+        self.writer.stop()
+        self.app.close()
+
+
+def build_ledger(dsn: str | None = None, *, start: bool = True, pool_size: int = 4, **writer_options: Any) -> LedgerRuntime:
+    """The ledger application on Postgres and its single writer (started unless ``start=False``).
+
+    Raises ``WriterBusy`` when another process owns the writer.
+    """
+    dsn = dsn or load_settings().pg_dsn
+    ensure_database(dsn)
+    check_durability(dsn)
+    app = LedgerApplication(env={**postgres_env(dsn, pool_size=pool_size), **ledger_env()})
+    holder = f"{socket.gethostname()}:{os.getpid()}"
+    recorder = app.recorder
+    writer = LedgerWriter(app, PostgresWriterLease(dsn, holder), PostgresTransferLookup(recorder),  # type: ignore[arg-type]
+                          **writer_options)
+    if start:
+        try:
+            writer.start()
+        except BaseException:
+            app.close()
+            raise
+    return LedgerRuntime(app, writer)

@@ -1,0 +1,159 @@
+"""Postgres adapters for the ledger: the fenced event recorder, the single-writer lease and transfer lookup.
+
+The lease is a session-level advisory lock held on a dedicated connection for as long as the writer lives
+(a killed process loses its connection and so its lock). Each acquisition bumps a fencing epoch in
+``ledger_writer``; every save re-reads that epoch ``FOR SHARE`` inside its own transaction and refuses to
+commit when it is stale. A takeover's epoch bump waits for in-flight saves, and every later save of the old
+writer fails: two writers can never both commit.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Sequence
+from typing import Any
+from urllib.parse import unquote, urlparse
+from uuid import UUID
+
+import psycopg
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder
+from psycopg.rows import DictRow
+
+from ledger.ports import WriterBusy, WriterFenced
+
+log = logging.getLogger(__name__)
+
+WRITER_LEASE_NAME = "ledger"
+#: Any fixed 64-bit number identifies the advisory lock; this one spells nothing in particular.
+WRITER_ADVISORY_LOCK_KEY = 0x52415A414F
+
+_CREATE_WRITER_TABLE = """
+CREATE TABLE IF NOT EXISTS ledger_writer (
+    name text PRIMARY KEY,
+    epoch bigint NOT NULL,
+    acquired_at timestamptz NOT NULL DEFAULT now(),
+    holder text NOT NULL
+);
+CREATE OR REPLACE FUNCTION razao_assert_writer_epoch(lease text, expected bigint) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE current_epoch bigint;
+BEGIN
+    SELECT epoch INTO current_epoch FROM ledger_writer WHERE name = lease FOR SHARE;
+    IF current_epoch IS DISTINCT FROM expected THEN
+        RAISE EXCEPTION 'razao: writer epoch % is stale (current %)', expected, current_epoch
+            USING ERRCODE = 'RZ001';
+    END IF;
+END $$;
+"""
+
+
+def postgres_env(dsn: str, *, pool_size: int = 4) -> dict[str, str]:
+    """The ``eventsourcing`` environment for a Postgres DSN, using the fenced recorder."""
+    url = urlparse(dsn)
+    assert url.scheme in ("postgresql", "postgres"), f"not a postgres DSN: {dsn}"
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "APPLICATION_RECORDER_TOPIC": f"{__name__}:FencedApplicationRecorder",
+        "POSTGRES_DBNAME": url.path.lstrip("/") or "postgres",
+        "POSTGRES_HOST": url.hostname or "127.0.0.1",
+        "POSTGRES_PORT": str(url.port or 5432),
+        "POSTGRES_USER": unquote(url.username or "postgres"),
+        "POSTGRES_PASSWORD": unquote(url.password or ""),
+        "POSTGRES_POOL_SIZE": str(pool_size),
+        "POSTGRES_CONNECT_TIMEOUT": "5",
+        "POSTGRES_PRE_PING": "y",
+        # A save waits at most this long for the events table lock before failing (then it is retried).
+        "POSTGRES_LOCK_TIMEOUT": "5",
+        "CREATE_TABLE": "y",
+    }
+
+
+class FencedApplicationRecorder(PostgresApplicationRecorder):
+    """The library's recorder, plus the writer-epoch check inside every insert transaction."""
+
+    def _insert_events(self, curs: psycopg.Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
+        epoch = kwargs.get("writer_epoch")
+        if epoch is not None:
+            curs.execute("SELECT razao_assert_writer_epoch(%s, %s)", (WRITER_LEASE_NAME, epoch), prepare=True)
+        super()._insert_events(curs, stored_events, **kwargs)
+
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        try:
+            return super().insert_events(stored_events, **kwargs)
+        except Exception as exc:
+            if "razao: writer epoch" in str(exc):
+                raise WriterFenced(str(exc).splitlines()[0]) from exc
+            raise
+
+
+class PostgresWriterLease:
+    """The single-writer lease: an advisory lock on its own connection and a fencing epoch."""
+
+    def __init__(self, dsn: str, holder: str) -> None:
+        self.dsn = dsn
+        self.holder = holder
+        self._conn: psycopg.Connection[Any] | None = None
+        self.epoch: int | None = None
+
+    def acquire(self) -> int:
+        conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5, keepalives=1, keepalives_idle=5,
+                               keepalives_interval=2, keepalives_count=3)
+        try:
+            conn.execute(_CREATE_WRITER_TABLE)
+            row = conn.execute("SELECT pg_try_advisory_lock(%s)", (WRITER_ADVISORY_LOCK_KEY,)).fetchone()
+            if not row or not row[0]:
+                raise WriterBusy("another process owns the ledger writer")
+            row = conn.execute(
+                "INSERT INTO ledger_writer (name, epoch, holder) VALUES (%s, 1, %s) "
+                "ON CONFLICT (name) DO UPDATE SET epoch = ledger_writer.epoch + 1, acquired_at = now(), "
+                "holder = EXCLUDED.holder RETURNING epoch",
+                (WRITER_LEASE_NAME, self.holder),
+            ).fetchone()
+        except BaseException:
+            conn.close()
+            raise
+        assert row is not None
+        self._conn, self.epoch = conn, int(row[0])
+        log.info("ledger writer lease acquired by %s at epoch %d", self.holder, self.epoch)
+        return self.epoch
+
+    def release(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.execute("SELECT pg_advisory_unlock(%s)", (WRITER_ADVISORY_LOCK_KEY,))
+            except psycopg.Error:
+                pass  # closing the connection releases the lock anyway
+            self._conn.close()
+            self._conn, self.epoch = None, None
+
+
+class PostgresTransferLookup:
+    """Finds transfer events by id with one indexed query per batch (the primary key starts with the id)."""
+
+    def __init__(self, recorder: PostgresApplicationRecorder) -> None:
+        self.recorder = recorder
+        self.statement = (
+            f'SELECT notification_id, originator_id, originator_version, topic, state '
+            f'FROM "{recorder.events_table_name}" WHERE originator_id = ANY(%s) ORDER BY notification_id'
+        )
+
+    def find(self, transfer_ids: Collection[UUID]) -> Sequence[tuple[int, StoredEvent]]:
+        with self.recorder.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self.statement, (list(transfer_ids),))
+            return [
+                (row["notification_id"], StoredEvent(row["originator_id"], row["originator_version"], row["topic"],
+                                                     bytes(row["state"])))
+                for row in curs.fetchall()
+            ]
+
+
+def check_durability(dsn: str) -> None:
+    """Refuses to run the ledger on a server that acknowledges commits before they are durable."""
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
+        settings = dict(conn.execute(
+            "SELECT name, setting FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit')"
+        ).fetchall())
+    if settings.get("fsync") != "on" or settings.get("synchronous_commit") not in ("on", "remote_apply",
+                                                                                     "remote_write", "local"):
+        raise RuntimeError(f"refusing to run the ledger without durable commits: {settings}")

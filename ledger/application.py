@@ -1,0 +1,129 @@
+"""The ledger application on ``eventsourcing``: its event store, state rebuild and checkpoints.
+
+The application knows nothing of Postgres: the persistence module comes from its environment
+(``PERSISTENCE_MODULE``), wired by ``infra`` at bootstrap. Writes go through ``LedgerWriter`` (group commit,
+single writer); this class is the store it writes to and reads back from.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.application import Application
+from eventsourcing.persistence import Notification
+
+from ledger.events import LedgerCheckpoint, LedgerEvent, PendingTransferResolved, TransferCommitted
+from ledger.limits import REBUILD_PAGE_EVENTS_MAX
+from ledger.model import Account, LedgerState, PendingTransfer
+from ledger.ports import TransferLookup
+
+log = logging.getLogger(__name__)
+
+#: The snapshot-store id under which ledger checkpoints are kept (version = log position).
+CHECKPOINT_ID = UUID("0b7c4f5e-1d2a-4c3b-8e9f-a1b2c3d4e5f6")
+
+
+class LedgerApplication(Application[UUID]):
+    """The event-sourced ledger. Events are saved by the writer; anyone may read the log."""
+
+    name = "Ledger"
+    # Checkpoints use the library's snapshot store.
+    is_snapshotting_enabled = True
+
+    def iter_log(self, after: int = 0, upto: int | None = None) -> Iterator[tuple[Notification, LedgerEvent]]:
+        """Yields ``(notification, event)`` in log order after ``after`` (exclusive), up to ``upto``."""
+        start = after + 1
+        while True:
+            page = self.recorder.select_notifications(start, limit=REBUILD_PAGE_EVENTS_MAX, stop=upto)
+            if not page:
+                return
+            for n in page:
+                event = self.mapper.to_domain_event(n)
+                assert isinstance(event, LedgerEvent), f"unexpected event {n.topic} at {n.id}"
+                yield n, event
+            start = page[-1].id + 1
+
+    def latest_checkpoint(self, upto: int | None = None) -> LedgerCheckpoint | None:
+        assert self.snapshots is not None
+        found = list(self.snapshots.get(CHECKPOINT_ID, lte=upto, desc=True, limit=1))
+        if not found:
+            return None
+        checkpoint = found[0]
+        assert isinstance(checkpoint, LedgerCheckpoint)
+        return checkpoint
+
+    def write_checkpoint(self, state: LedgerState) -> LedgerCheckpoint:
+        """Saves the whole state at its position so a restart replays only what follows."""
+        assert self.snapshots is not None
+        checkpoint = LedgerCheckpoint(
+            originator_id=CHECKPOINT_ID,
+            originator_version=state.position,
+            timestamp=datetime.now(UTC),
+            position=state.position,
+            chain_hash=state.chain_hash,
+            accounts=[a.row() for a in state.accounts.values()],
+            pending=[p.row() for p in state.pending.values()],
+        )
+        self.snapshots.put([checkpoint])
+        return checkpoint
+
+    def load_state(self, *, use_checkpoint: bool = True, upto: int | None = None) -> LedgerState:
+        """Rebuilds the ledger state from the store: the latest checkpoint, then every later event.
+
+        Each event's chain hash and balance transitions are re-verified while replaying.
+        """
+        state = LedgerState()
+        checkpoint = self.latest_checkpoint(upto) if use_checkpoint else None
+        if checkpoint is not None:
+            restore_checkpoint(state, checkpoint)
+        count = 0
+        for notification, event in self.iter_log(after=state.position, upto=upto):
+            state.apply(event, notification.id)
+            state.position = notification.id
+            count += 1
+        state.check_invariants()
+        log.info("ledger state loaded: checkpoint=%s, replayed=%d events, position=%d",
+                 checkpoint.position if checkpoint else None, count, state.position)
+        return state
+
+    def load_transfers(self, lookup: TransferLookup, state: LedgerState, transfer_ids: set[UUID]) -> None:
+        """Puts committed transfers the index forgot back into it, with how each pending one ended."""
+        by_id: dict[UUID, tuple[TransferCommitted, int]] = {}
+        endings: dict[UUID, str] = {}
+        for notification_id, stored in lookup.find(transfer_ids):
+            event = self.mapper.to_domain_event(stored)
+            if isinstance(event, TransferCommitted):
+                by_id[event.originator_id] = (event, notification_id)
+            elif isinstance(event, PendingTransferResolved):
+                endings[event.originator_id] = event.resolution
+            else:
+                endings[event.originator_id] = "expired"
+        for transfer_id, (event, position) in by_id.items():
+            if transfer_id not in state.transfers:
+                state.remember(event, position, endings.get(transfer_id))
+
+
+def restore_checkpoint(state: LedgerState, checkpoint: LedgerCheckpoint) -> None:
+    state.position = checkpoint.position
+    state.chain_hash = checkpoint.chain_hash
+    for row in checkpoint.accounts:
+        account = Account.from_row(row)
+        state.accounts[account.id] = account
+    for row in checkpoint.pending:
+        pending = PendingTransfer.from_row(row)
+        state.pending[pending.id] = pending
+        if pending.expires_at is not None:
+            state.push_expiry(pending)
+    # Transfers before the checkpoint are not in memory: unknown keys must now be looked up in the store.
+    state.index_complete = False
+
+
+def ledger_env(extra: dict[str, Any] | None = None) -> dict[str, str]:
+    """The environment the application needs besides persistence settings."""
+    env = {"IS_SNAPSHOTTING_ENABLED": "y"}
+    env.update({k: str(v) for k, v in (extra or {}).items()})
+    return env

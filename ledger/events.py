@@ -1,0 +1,109 @@
+"""The ledger's domain events: the immutable facts stored in the event store.
+
+Each event is a public, versioned schema (documented in ``docs/events.md``). A field change bumps
+``class_version`` and adds an ``upcast_vN_vN+1`` static method; a rename is registered with
+``eventsourcing.utils.register_topic``. Events carry the post-state of every account they touch
+(``*_after`` = ``[debits_pending, debits_posted, credits_pending, credits_posted]``) so that nobody
+downstream ever needs to read state back, and a ``chain_hash`` linking each event to the one before it
+in commit order, so an auditor can verify the whole log offline.
+
+Aggregates: an account (``AccountOpened`` v1, ``AccountClosed`` v2) and a transfer (``TransferCommitted``
+v1; a pending transfer gets one more event, ``PendingTransferResolved`` or ``PendingTransferExpired``, v2).
+The unique (originator_id, originator_version) key of the store therefore guarantees, even against a
+rogue second writer, that a transfer key is committed once and a pending transfer is settled once.
+"""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from eventsourcing.domain import DomainEvent
+
+#: Balances of one account after an event: [debits_pending, debits_posted, credits_pending, credits_posted].
+Balances = list[int]
+
+
+class LedgerEvent(DomainEvent):
+    """Base of all ledger events."""
+
+    chain_hash: str
+
+
+class AccountOpened(LedgerEvent):
+    """An account was opened on a currency ledger, with its kind (``code``) and flags."""
+
+    ledger: int
+    code: int
+    flags: int
+    reference: str
+
+
+class AccountClosed(LedgerEvent):
+    """An account was closed at zero balance; it accepts no more transfers."""
+
+    flags: int
+
+
+class TransferCommitted(LedgerEvent):
+    """A transfer was committed.
+
+    ``kind`` is ``single``, ``pending``, ``post_pending`` or ``void_pending``. For a post or void,
+    ``pending_id`` names the pending transfer, the accounts are the pending transfer's, and
+    ``requested_amount_centavos`` is what the client asked (``None`` = the full pending amount) while
+    ``amount_centavos`` is what moved. ``payload_hash`` is the SHA-256 of the canonical request and is
+    what the idempotency check compares first.
+    """
+
+    key: str
+    payload_hash: str
+    kind: str
+    ledger: int
+    code: int
+    debit_account_id: UUID
+    credit_account_id: UUID
+    amount_centavos: int
+    requested_amount_centavos: int | None
+    pending_id: UUID | None
+    timeout_s: int
+    reference: str
+    linked_batch_id: UUID | None
+    debit_after: Balances
+    credit_after: Balances
+
+
+class PendingTransferResolved(LedgerEvent):
+    """A pending transfer was posted or voided by the transfer ``by_transfer_id`` (``resolution``)."""
+
+    resolution: str
+    by_transfer_id: UUID
+    amount_centavos: int
+
+
+class PendingTransferExpired(LedgerEvent):
+    """A pending transfer reached its timeout unresolved; its reserved amounts were released."""
+
+    debit_account_id: UUID
+    credit_account_id: UUID
+    amount_centavos: int
+    debit_after: Balances
+    credit_after: Balances
+
+
+class LedgerCheckpoint(DomainEvent):
+    """A snapshot of the whole in-memory ledger state at a log position (``originator_version``).
+
+    Stored in the snapshot store, never in the event log: it is derived data that lets a restart replay only
+    the tail of the log. ``accounts`` and ``pending`` are lists of plain rows.
+    """
+
+    position: int
+    chain_hash: str
+    accounts: list[list[object]]
+    pending: list[list[object]]
+
+
+#: Every event type a reader of the ledger log may meet, by class name.
+EVENT_TYPES: dict[str, type[LedgerEvent]] = {
+    cls.__name__: cls
+    for cls in (AccountOpened, AccountClosed, TransferCommitted, PendingTransferResolved, PendingTransferExpired)
+}

@@ -1,0 +1,762 @@
+"""The ledger state machine: TigerBeetle semantics over integer centavos, pure and in memory.
+
+``LedgerState`` is decided against (``decide_*`` return events or raise a typed ``LedgerError``) and evolved by
+``apply`` — the one function that changes state, used both live and when rebuilding from the event store, so
+the two can never disagree. ``apply`` re-checks every balance transition an event claims, so a corrupted or
+forged event stops the rebuild with an ``AssertionError`` instead of silently changing balances.
+
+Linked batches and per-command rollback inside a group commit use an undo journal (``begin``/``rollback``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+from uuid import UUID
+
+from ledger import errors
+from ledger.chart import AccountCode, AccountFlags
+from ledger.events import (
+    AccountClosed,
+    AccountOpened,
+    Balances,
+    LedgerEvent,
+    PendingTransferExpired,
+    PendingTransferResolved,
+    TransferCommitted,
+)
+from ledger.limits import (
+    BALANCE_CENTAVOS_MAX,
+    IDEMPOTENCY_KEY_LENGTH_MAX,
+    LEDGER_BRL,
+    LINKED_TRANSFERS_MAX,
+    PENDING_TIMEOUT_S_MAX,
+    REFERENCE_LENGTH_MAX,
+    TRANSFER_INDEX_RECENT_MAX,
+)
+from ledger.money import check_amount
+
+#: Transfer ids are derived from idempotency keys, so the store's unique key enforces "one key, one transfer".
+TRANSFER_ID_NAMESPACE = UUID("7d1b6c2e-3f0a-5b8e-9c4d-2a6f1e0b9d73")
+GENESIS_CHAIN_HASH = "0" * 64
+
+TransferKind = Literal["single", "pending", "post_pending", "void_pending"]
+TRANSFER_KINDS: tuple[str, ...] = ("single", "pending", "post_pending", "void_pending")
+
+
+def transfer_id_for_key(key: str) -> UUID:
+    """The transfer id a key maps to (UUIDv5); stable across processes and restarts."""
+    return uuid.uuid5(TRANSFER_ID_NAMESPACE, key)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Commands
+
+
+@dataclass(frozen=True, slots=True)
+class OpenAccount:
+    """Open an account. Idempotent by ``account_id``: the same fields again return the account as it is."""
+
+    account_id: UUID
+    code: int
+    flags: int
+    ledger: int = LEDGER_BRL
+    reference: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CloseAccount:
+    """Close an account whose balance is zero and which has nothing pending. Closing twice is a no-op."""
+
+    account_id: UUID
+
+
+@dataclass(frozen=True, slots=True)
+class CreateTransfer:
+    """Move ``amount_centavos`` from the debit to the credit account.
+
+    ``kind="pending"`` reserves the amount (optionally timing out after ``timeout_s``); ``post_pending`` settles
+    the pending transfer ``pending_id`` in full (``amount_centavos=None``) or in part; ``void_pending`` releases
+    it. Posts and voids name only the pending transfer: their accounts are the pending transfer's.
+    """
+
+    key: str
+    debit_account_id: UUID | None
+    credit_account_id: UUID | None
+    amount_centavos: int | None
+    kind: TransferKind = "single"
+    pending_id: UUID | None = None
+    timeout_s: int = 0
+    ledger: int = LEDGER_BRL
+    code: int = 1
+    reference: str = ""
+
+    @property
+    def transfer_id(self) -> UUID:
+        return transfer_id_for_key(self.key)
+
+    def canonical(self) -> str:
+        """The canonical text of the request: what the idempotency hash covers (everything but the key)."""
+        return "|".join(
+            str(v)
+            for v in (
+                self.kind,
+                self.debit_account_id,
+                self.credit_account_id,
+                self.amount_centavos,
+                self.pending_id,
+                self.timeout_s,
+                self.ledger,
+                self.code,
+                self.reference,
+            )
+        )
+
+    def payload_hash(self) -> str:
+        return hashlib.sha256(self.canonical().encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class CreateLinkedTransfers:
+    """Transfers that are committed all together or not at all, in order (each sees the ones before it)."""
+
+    transfers: tuple[CreateTransfer, ...]
+
+
+Command = OpenAccount | CloseAccount | CreateTransfer | CreateLinkedTransfers
+
+
+# --------------------------------------------------------------------------------------------------------------
+# State
+
+
+@dataclass(slots=True)
+class Account:
+    id: UUID
+    ledger: int
+    code: int
+    flags: int
+    reference: str
+    debits_pending: int = 0
+    debits_posted: int = 0
+    credits_pending: int = 0
+    credits_posted: int = 0
+    version: int = 1
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.flags & AccountFlags.CLOSED)
+
+    def balances(self) -> Balances:
+        return [self.debits_pending, self.debits_posted, self.credits_pending, self.credits_posted]
+
+    def set_balances(self, after: Sequence[int]) -> None:
+        self.debits_pending, self.debits_posted, self.credits_pending, self.credits_posted = after
+
+    def row(self) -> list[object]:
+        return [str(self.id), self.ledger, self.code, self.flags, self.reference, *self.balances(), self.version]
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> Account:
+        return cls(UUID(row[0]), row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9])
+
+
+@dataclass(slots=True)
+class PendingTransfer:
+    """A pending transfer still open (its reservation is counted in its accounts' ``*_pending``)."""
+
+    id: UUID
+    debit_account_id: UUID
+    credit_account_id: UUID
+    amount_centavos: int
+    expires_at: datetime | None
+    version: int = 1
+
+    def row(self) -> list[object]:
+        expires = self.expires_at.isoformat() if self.expires_at else None
+        return [str(self.id), str(self.debit_account_id), str(self.credit_account_id), self.amount_centavos, expires]
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> PendingTransfer:
+        expires = datetime.fromisoformat(row[4]) if row[4] else None
+        return cls(UUID(row[0]), UUID(row[1]), UUID(row[2]), row[3], expires)
+
+
+@dataclass(frozen=True, slots=True)
+class TransferResult:
+    """What a committed transfer returns. ``position`` is its place in the event log (read-your-writes)."""
+
+    id: UUID
+    key: str
+    kind: str
+    debit_account_id: UUID
+    credit_account_id: UUID
+    amount_centavos: int
+    pending_id: UUID | None
+    timestamp: datetime
+    position: int | None = None
+    replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AccountResult:
+    account: Account
+    position: int | None = None
+    replayed: bool = False
+
+
+@dataclass(slots=True)
+class _IndexedTransfer:
+    """A committed transfer as kept in the idempotency index (and its resolution, if it was pending)."""
+
+    event: TransferCommitted
+    position: int | None
+    resolution: str | None = None  # "posted", "voided" or "expired" once a pending transfer is settled
+
+
+def result_of(entry: _IndexedTransfer, replayed: bool) -> TransferResult:
+    e = entry.event
+    return TransferResult(
+        id=e.originator_id,
+        key=e.key,
+        kind=e.kind,
+        debit_account_id=e.debit_account_id,
+        credit_account_id=e.credit_account_id,
+        amount_centavos=e.amount_centavos,
+        pending_id=e.pending_id,
+        timestamp=e.timestamp,
+        position=entry.position,
+        replayed=replayed,
+    )
+
+
+def chain_next(previous_hash: str, event_type: str, originator_id: UUID, version: int, body: dict[str, Any]) -> str:
+    """The hash of an event in the chain: SHA-256 over the previous hash and the event's canonical JSON."""
+    canonical = json.dumps(
+        [previous_hash, event_type, str(originator_id), version, body], sort_keys=True, default=str, separators=(",", ":")
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def chain_hash_of(previous_hash: str, event: LedgerEvent) -> str:
+    """Recomputes the chain hash an event must carry, given the hash of the event before it."""
+    body = {k: v for k, v in vars(event).items() if k not in ("originator_id", "originator_version", "chain_hash")}
+    return chain_next(previous_hash, type(event).__name__, event.originator_id, event.originator_version, body)
+
+
+class LedgerState:
+    """All accounts, open pending transfers and recent transfers, owned by the single writer.
+
+    Not thread safe: only the writer thread touches it.
+    """
+
+    def __init__(self) -> None:
+        self.accounts: dict[UUID, Account] = {}
+        self.pending: dict[UUID, PendingTransfer] = {}
+        self._expiry_heap: list[tuple[datetime, UUID]] = []
+        self.transfers: OrderedDict[UUID, _IndexedTransfer] = OrderedDict()
+        #: False once the idempotency index has forgotten anything (eviction, or a checkpoint was loaded):
+        #: from then on unknown keys must be looked up in the store before deciding.
+        self.index_complete = True
+        self.chain_hash = GENESIS_CHAIN_HASH
+        self.position = 0
+        self._journal: list[Callable[[], None]] | None = None
+
+    # ---- undo journal -------------------------------------------------------------------------------------
+    def begin(self) -> None:
+        assert self._journal is None, "nested journal"
+        self._journal = []
+
+    def commit(self) -> None:
+        assert self._journal is not None
+        self._journal = None
+
+    def rollback(self) -> None:
+        assert self._journal is not None
+        journal, self._journal = self._journal, None
+        for undo in reversed(journal):
+            undo()
+
+    def _record_undo(self, undo: Callable[[], None]) -> None:
+        if self._journal is not None:
+            self._journal.append(undo)
+
+    def _touch_account(self, account: Account) -> None:
+        if self._journal is not None:
+            saved = (account.balances(), account.flags, account.version)
+
+            def undo() -> None:
+                account.set_balances(saved[0])
+                account.flags, account.version = saved[1], saved[2]
+
+            self._journal.append(undo)
+
+    # ---- queries ------------------------------------------------------------------------------------------
+    def account(self, account_id: UUID) -> Account:
+        try:
+            return self.accounts[account_id]
+        except KeyError:
+            raise errors.AccountNotFound(f"account {account_id} does not exist", account_id=str(account_id)) from None
+
+    def indexed(self, transfer_id: UUID) -> _IndexedTransfer | None:
+        return self.transfers.get(transfer_id)
+
+    def push_expiry(self, pending: PendingTransfer) -> None:
+        assert pending.expires_at is not None
+        heapq.heappush(self._expiry_heap, (pending.expires_at, pending.id))
+
+    def due_expiries(self, now: datetime) -> list[PendingTransfer]:
+        """Open pending transfers whose timeout has passed, oldest first.
+
+        The heap may hold stale entries (settled transfers, or a rolled-back pending whose key was reused):
+        an entry counts only while it still matches an open pending transfer, and only once.
+        """
+        due: dict[UUID, PendingTransfer] = {}
+        while self._expiry_heap and self._expiry_heap[0][0] <= now:
+            expires_at, pending_id = heapq.heappop(self._expiry_heap)
+            p = self.pending.get(pending_id)
+            if p is not None and p.expires_at == expires_at:
+                due[pending_id] = p
+        return list(due.values())
+
+    # ---- evolve ---------------------------------------------------------------------------------------------
+    def apply(self, event: LedgerEvent, position: int | None = None, verify_chain: bool = True) -> None:
+        """Applies one committed (or about to be committed) event. The only mutator of the state.
+
+        ``verify_chain`` recomputes the event's chain hash; the live writer skips it for events its own
+        decider has just stamped, every rebuild from the store does it.
+        """
+        if verify_chain:
+            assert event.chain_hash == chain_hash_of(self.chain_hash, event), f"chain broken at {event.originator_id}"
+        previous_chain = self.chain_hash
+        self.chain_hash = event.chain_hash
+        self._record_undo(lambda: setattr(self, "chain_hash", previous_chain))
+        if isinstance(event, TransferCommitted):
+            self._apply_transfer(event, position)
+        elif isinstance(event, PendingTransferResolved | PendingTransferExpired):
+            self._apply_pending_end(event)
+        elif isinstance(event, AccountOpened):
+            assert event.originator_id not in self.accounts, "account opened twice"
+            self.accounts[event.originator_id] = Account(
+                event.originator_id, event.ledger, event.code, event.flags, event.reference
+            )
+            self._record_undo(lambda: self.accounts.pop(event.originator_id))
+        elif isinstance(event, AccountClosed):
+            account = self.accounts[event.originator_id]
+            assert account.version + 1 == event.originator_version
+            self._touch_account(account)
+            account.flags, account.version = event.flags, event.originator_version
+        else:  # pragma: no cover - a new event type must be handled here before it is ever written
+            raise AssertionError(f"unknown ledger event {type(event).__name__}")
+
+    def _apply_transfer(self, event: TransferCommitted, position: int | None) -> None:
+        debit, credit = self.accounts[event.debit_account_id], self.accounts[event.credit_account_id]
+        amount = event.amount_centavos
+        if event.kind == "single":
+            deltas = (0, amount, 0, amount)
+        elif event.kind == "pending":
+            deltas = (amount, 0, amount, 0)
+        else:
+            assert event.pending_id is not None
+            pending = self.pending[event.pending_id]
+            assert (pending.debit_account_id, pending.credit_account_id) == (debit.id, credit.id)
+            posted = amount if event.kind == "post_pending" else 0
+            deltas = (-pending.amount_centavos, posted, -pending.amount_centavos, posted)
+        d_pending, d_posted, c_pending, c_posted = deltas
+        debit_after = [debit.debits_pending + d_pending, debit.debits_posted + d_posted,
+                       debit.credits_pending, debit.credits_posted]
+        credit_after = [credit.debits_pending, credit.debits_posted,
+                        credit.credits_pending + c_pending, credit.credits_posted + c_posted]
+        assert debit_after == event.debit_after, f"debit post-state mismatch in {event.originator_id}"
+        assert credit_after == event.credit_after, f"credit post-state mismatch in {event.originator_id}"
+        self._touch_account(debit)
+        self._touch_account(credit)
+        debit.set_balances(debit_after)
+        credit.set_balances(credit_after)
+        if event.kind == "pending":
+            expires_at = event.timestamp + timedelta(seconds=event.timeout_s) if event.timeout_s else None
+            self.pending[event.originator_id] = PendingTransfer(
+                event.originator_id, debit.id, credit.id, amount, expires_at
+            )
+            if expires_at is not None:
+                self.push_expiry(self.pending[event.originator_id])
+            self._record_undo(lambda: self.pending.pop(event.originator_id))
+        self._index(event.originator_id, _IndexedTransfer(event, position))
+
+    def _apply_pending_end(self, event: PendingTransferResolved | PendingTransferExpired) -> None:
+        pending = self.pending.pop(event.originator_id)
+        self._record_undo(lambda: self.pending.__setitem__(pending.id, pending))
+        assert pending.version + 1 == event.originator_version
+        if isinstance(event, PendingTransferExpired):
+            debit, credit = self.accounts[pending.debit_account_id], self.accounts[pending.credit_account_id]
+            amount = pending.amount_centavos
+            debit_after = [debit.debits_pending - amount, *debit.balances()[1:]]
+            credit_after = [*credit.balances()[:2], credit.credits_pending - amount, credit.credits_posted]
+            assert debit_after == event.debit_after and credit_after == event.credit_after, "expiry mismatch"
+            self._touch_account(debit)
+            self._touch_account(credit)
+            debit.set_balances(debit_after)
+            credit.set_balances(credit_after)
+            resolution = "expired"
+        else:
+            resolution = event.resolution
+        entry = self.transfers.get(event.originator_id)
+        if entry is not None:
+            previous = entry.resolution
+            entry.resolution = resolution
+            self._record_undo(lambda: setattr(entry, "resolution", previous))
+
+    def _index(self, transfer_id: UUID, entry: _IndexedTransfer) -> None:
+        self.transfers[transfer_id] = entry
+        self._record_undo(lambda: self.transfers.pop(transfer_id, None))
+        if len(self.transfers) > TRANSFER_INDEX_RECENT_MAX:
+            self.transfers.popitem(last=False)
+            self.index_complete = False
+
+    def remember(self, event: TransferCommitted, position: int | None, resolution: str | None) -> None:
+        """Puts a transfer loaded from the store back into the idempotency index (not a state change)."""
+        self.transfers[event.originator_id] = _IndexedTransfer(event, position, resolution)
+
+    def set_position(self, transfer_id: UUID, position: int) -> None:
+        entry = self.transfers.get(transfer_id)
+        if entry is not None:
+            entry.position = position
+
+    # ---- invariants ---------------------------------------------------------------------------------------
+    def check_invariants(self) -> None:
+        """Asserts what must always hold; a failure here is a bug, never an operating error."""
+        totals = [0, 0, 0, 0]
+        for a in self.accounts.values():
+            for i, v in enumerate(a.balances()):
+                assert 0 <= v <= BALANCE_CENTAVOS_MAX, f"balance field out of range on {a.id}"
+                totals[i] += v
+            if a.flags & AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS:
+                assert a.debits_pending + a.debits_posted <= a.credits_posted, f"{a.id} is negative"
+            if a.flags & AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS:
+                assert a.credits_pending + a.credits_posted <= a.debits_posted, f"{a.id} exceeds debits"
+        assert totals[0] == totals[2], "pending debits != pending credits"
+        assert totals[1] == totals[3], "posted debits != posted credits"
+        pending_total = sum(p.amount_centavos for p in self.pending.values())
+        assert pending_total == totals[0], "open pending transfers do not add up to the pending balances"
+
+    def customer_funds_segregated(self) -> bool:
+        """Customer wallets plus escrow never exceed what the PIX settlement account holds (DESIGN §2)."""
+        customer = sum(
+            a.credits_posted - a.debits_posted - a.debits_pending
+            for a in self.accounts.values()
+            if a.code in (AccountCode.INVESTOR_WALLET, AccountCode.BORROWER_WALLET, AccountCode.LOAN_ESCROW)
+        )
+        settlement = sum(
+            a.debits_posted - a.credits_posted for a in self.accounts.values() if a.code == AccountCode.PIX_SETTLEMENT
+        )
+        return customer <= settlement
+
+    def fingerprint(self) -> tuple[object, ...]:
+        """Everything that defines the ledger's state, to compare a rebuilt state with the live one."""
+        return (
+            sorted(tuple(a.row()) for a in self.accounts.values()),  # type: ignore[misc]
+            sorted(tuple(p.row()) for p in self.pending.values()),  # type: ignore[misc]
+            self.chain_hash,
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Decide: validate a command against the state and produce its events (without applying them).
+
+
+class Decider:
+    """Turns commands into events, stamping each with its chain hash, or raises a typed ``LedgerError``."""
+
+    def __init__(self, state: LedgerState) -> None:
+        self.state = state
+
+    def _chain(self, event_type: str, originator_id: UUID, version: int, body: dict[str, Any]) -> str:
+        return chain_next(self.state.chain_hash, event_type, originator_id, version, body)
+
+    def open_account(self, cmd: OpenAccount, now: datetime) -> AccountOpened | AccountResult:
+        _check_reference(cmd.reference)
+        if cmd.ledger <= 0:
+            raise errors.InvalidRequest("ledger must be a positive currency code", field="ledger")
+        try:
+            code = AccountCode(cmd.code)
+        except ValueError:
+            raise errors.InvalidRequest(f"unknown account code {cmd.code}", field="code") from None
+        if cmd.flags & ~int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS
+                            | AccountFlags.HISTORY):
+            raise errors.InvalidRequest("unknown or reserved account flags", field="flags")
+        both = AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS
+        if cmd.flags & both == both:
+            raise errors.InvalidRequest("an account cannot limit both debits and credits", field="flags")
+        existing = self.state.accounts.get(cmd.account_id)
+        if existing is not None:
+            for name, asked, have in (("ledger", cmd.ledger, existing.ledger), ("code", code, existing.code),
+                                      ("flags", cmd.flags, existing.flags & ~AccountFlags.CLOSED),
+                                      ("reference", cmd.reference, existing.reference)):
+                if asked != have:
+                    raise errors.IdempotencyConflict(
+                        f"account {cmd.account_id} exists with a different {name}", field=name
+                    )
+            return AccountResult(existing, replayed=True)
+        body = {"timestamp": now, "ledger": cmd.ledger, "code": int(code), "flags": int(cmd.flags),
+                "reference": cmd.reference}
+        return AccountOpened(
+            originator_id=cmd.account_id, originator_version=1,
+            chain_hash=self._chain("AccountOpened", cmd.account_id, 1, body), **body,
+        )
+
+    def close_account(self, cmd: CloseAccount, now: datetime) -> AccountClosed | AccountResult:
+        account = self.state.account(cmd.account_id)
+        if account.closed:
+            return AccountResult(account, replayed=True)
+        if any(account.balances()[i] for i in (0, 2)) or account.debits_posted != account.credits_posted:
+            raise errors.AccountBalanceNotZero(
+                f"account {account.id} must have a zero balance and nothing pending to be closed",
+                account_id=str(account.id),
+            )
+        version = account.version + 1
+        body = {"timestamp": now, "flags": int(account.flags | AccountFlags.CLOSED)}
+        return AccountClosed(
+            originator_id=account.id, originator_version=version,
+            chain_hash=self._chain("AccountClosed", account.id, version, body), **body,
+        )
+
+    def expire(self, pending: PendingTransfer, now: datetime) -> PendingTransferExpired:
+        debit, credit = self.state.accounts[pending.debit_account_id], self.state.accounts[pending.credit_account_id]
+        amount = pending.amount_centavos
+        version = pending.version + 1
+        body = {
+            "timestamp": now, "debit_account_id": debit.id, "credit_account_id": credit.id, "amount_centavos": amount,
+            "debit_after": [debit.debits_pending - amount, *debit.balances()[1:]],
+            "credit_after": [*credit.balances()[:2], credit.credits_pending - amount, credit.credits_posted],
+        }
+        return PendingTransferExpired(
+            originator_id=pending.id, originator_version=version,
+            chain_hash=self._chain("PendingTransferExpired", pending.id, version, body), **body,
+        )
+
+    def replay_of(self, cmd: CreateTransfer) -> TransferResult | None:
+        """The original result when the key was already committed with the same payload; else ``None``.
+
+        Raises ``IdempotencyConflict`` naming the first differing field when the payload differs.
+        """
+        entry = self.state.indexed(cmd.transfer_id)
+        if entry is None:
+            return None
+        if entry.event.payload_hash != cmd.payload_hash():
+            raise errors.IdempotencyConflict(
+                f"key {cmd.key!r} was already used for a different transfer", field=_differing_field(cmd, entry.event),
+                key=cmd.key,
+            )
+        return result_of(entry, replayed=True)
+
+    def transfer(
+        self, cmd: CreateTransfer, now: datetime, linked_batch_id: UUID | None = None
+    ) -> list[LedgerEvent]:
+        """Validates one new transfer and returns its events (one, or two for a post/void)."""
+        _check_key(cmd.key)
+        _check_reference(cmd.reference)
+        if cmd.kind not in TRANSFER_KINDS:
+            raise errors.InvalidRequest(f"unknown transfer kind {cmd.kind!r}", field="kind")
+        if cmd.kind in ("post_pending", "void_pending"):
+            return self._settle(cmd, now, linked_batch_id)
+        if cmd.pending_id is not None:
+            raise errors.InvalidRequest("pending_id is only for posting or voiding", field="pending_id")
+        if type(cmd.timeout_s) is not int or not 0 <= cmd.timeout_s <= PENDING_TIMEOUT_S_MAX:
+            raise errors.InvalidRequest(f"timeout_s must be between 0 and {PENDING_TIMEOUT_S_MAX}", field="timeout_s")
+        if cmd.kind == "single" and cmd.timeout_s:
+            raise errors.InvalidRequest("only a pending transfer can time out", field="timeout_s")
+        if cmd.amount_centavos is None:
+            raise errors.InvalidRequest("amount is required", field="amount_centavos")
+        check_amount(cmd.amount_centavos)
+        if cmd.debit_account_id is None or cmd.credit_account_id is None:
+            raise errors.InvalidRequest("both accounts are required", field="debit_account_id")
+        if cmd.debit_account_id == cmd.credit_account_id:
+            raise errors.AccountsMustBeDifferent("debit and credit accounts must be different")
+        debit, credit = self.state.account(cmd.debit_account_id), self.state.account(cmd.credit_account_id)
+        for account in (debit, credit):
+            if account.closed:
+                raise errors.AccountClosed(f"account {account.id} is closed", account_id=str(account.id))
+            if account.ledger != cmd.ledger:
+                raise errors.LedgerMismatch(
+                    f"account {account.id} is on ledger {account.ledger}, the transfer on {cmd.ledger}",
+                    account_id=str(account.id),
+                )
+        amount = cmd.amount_centavos
+        if cmd.kind == "pending":
+            debit_after = [debit.debits_pending + amount, *debit.balances()[1:]]
+            credit_after = [*credit.balances()[:2], credit.credits_pending + amount, credit.credits_posted]
+        else:
+            debit_after = [debit.debits_pending, debit.debits_posted + amount, *debit.balances()[2:]]
+            credit_after = [*credit.balances()[:3], credit.credits_posted + amount]
+        _check_limits(debit, debit_after, credit, credit_after)
+        return [self._committed(cmd, now, debit.id, credit.id, amount, debit_after, credit_after, linked_batch_id)]
+
+    def _settle(self, cmd: CreateTransfer, now: datetime, linked_batch_id: UUID | None) -> list[LedgerEvent]:
+        if cmd.pending_id is None:
+            raise errors.InvalidRequest("pending_id is required to post or void", field="pending_id")
+        if cmd.debit_account_id is not None or cmd.credit_account_id is not None:
+            raise errors.InvalidRequest("a post or void takes its accounts from the pending transfer",
+                                        field="debit_account_id")
+        if cmd.timeout_s:
+            raise errors.InvalidRequest("only a pending transfer can time out", field="timeout_s")
+        pending = self.state.pending.get(cmd.pending_id)
+        if pending is None:
+            self._raise_not_open(cmd.pending_id)
+        assert pending is not None
+        if pending.expires_at is not None and pending.expires_at <= now:
+            raise errors.PendingTransferExpired(f"pending transfer {pending.id} has timed out",
+                                                pending_id=str(pending.id))
+        debit, credit = self.state.accounts[pending.debit_account_id], self.state.accounts[pending.credit_account_id]
+        original = self.state.transfers.get(pending.id)
+        ledger = original.event.ledger if original else debit.ledger
+        if cmd.ledger != ledger:
+            raise errors.LedgerMismatch(f"pending transfer {pending.id} is on ledger {ledger}")
+        reserved = pending.amount_centavos
+        if cmd.kind == "void_pending":
+            if cmd.amount_centavos is not None and cmd.amount_centavos != reserved:
+                raise errors.InvalidRequest("a void releases the whole pending amount; omit the amount",
+                                            field="amount_centavos")
+            amount, posted = reserved, 0
+        else:
+            if cmd.amount_centavos is not None:
+                check_amount(cmd.amount_centavos)
+                if cmd.amount_centavos > reserved:
+                    raise errors.ExceedsPendingAmount(
+                        f"cannot post {cmd.amount_centavos} of a pending {reserved}", pending_amount_centavos=reserved
+                    )
+            amount = posted = reserved if cmd.amount_centavos is None else cmd.amount_centavos
+        for account in (debit, credit):
+            if account.closed:  # pragma: no cover - closing requires nothing pending
+                raise errors.AccountClosed(f"account {account.id} is closed", account_id=str(account.id))
+        debit_after = [debit.debits_pending - reserved, debit.debits_posted + posted, *debit.balances()[2:]]
+        credit_after = [*credit.balances()[:2], credit.credits_pending - reserved, credit.credits_posted + posted]
+        _check_limits(debit, debit_after, credit, credit_after)
+        committed = self._committed(cmd, now, debit.id, credit.id, amount, debit_after, credit_after, linked_batch_id)
+        version = pending.version + 1
+        resolution = "posted" if cmd.kind == "post_pending" else "voided"
+        body = {"timestamp": now, "resolution": resolution, "by_transfer_id": cmd.transfer_id,
+                "amount_centavos": amount}
+        # Chained after the committed event, which is applied first.
+        resolved_chain = chain_next(committed.chain_hash, "PendingTransferResolved", pending.id, version, body)
+        resolved = PendingTransferResolved(
+            originator_id=pending.id, originator_version=version, chain_hash=resolved_chain, **body
+        )
+        return [committed, resolved]
+
+    def _raise_not_open(self, pending_id: UUID) -> None:
+        entry = self.state.transfers.get(pending_id)
+        if entry is None:
+            raise errors.PendingTransferNotFound(f"pending transfer {pending_id} not found", pending_id=str(pending_id))
+        if entry.event.kind != "pending":
+            raise errors.PendingTransferNotPending(f"transfer {pending_id} is not pending", pending_id=str(pending_id))
+        error = {
+            "posted": errors.PendingTransferAlreadyPosted,
+            "voided": errors.PendingTransferAlreadyVoided,
+            "expired": errors.PendingTransferExpired,
+        }.get(entry.resolution or "", errors.PendingTransferNotFound)
+        raise error(f"pending transfer {pending_id} is already {entry.resolution}", pending_id=str(pending_id))
+
+    def _committed(
+        self, cmd: CreateTransfer, now: datetime, debit_id: UUID, credit_id: UUID, amount: int,
+        debit_after: Balances, credit_after: Balances, linked_batch_id: UUID | None,
+    ) -> TransferCommitted:
+        body = {
+            "timestamp": now, "key": cmd.key, "payload_hash": cmd.payload_hash(), "kind": cmd.kind,
+            "ledger": cmd.ledger, "code": cmd.code, "debit_account_id": debit_id, "credit_account_id": credit_id,
+            "amount_centavos": amount, "requested_amount_centavos": cmd.amount_centavos,
+            "pending_id": cmd.pending_id, "timeout_s": cmd.timeout_s, "reference": cmd.reference,
+            "linked_batch_id": linked_batch_id, "debit_after": debit_after, "credit_after": credit_after,
+        }
+        tid = cmd.transfer_id
+        return TransferCommitted(
+            originator_id=tid, originator_version=1, chain_hash=self._chain("TransferCommitted", tid, 1, body), **body
+        )
+
+
+def _check_key(key: str) -> None:
+    if not isinstance(key, str) or not 0 < len(key) <= IDEMPOTENCY_KEY_LENGTH_MAX or not key.isprintable():
+        raise errors.InvalidRequest(
+            f"idempotency key must be 1 to {IDEMPOTENCY_KEY_LENGTH_MAX} printable characters", field="key"
+        )
+
+
+def _check_reference(reference: str) -> None:
+    if not isinstance(reference, str) or len(reference) > REFERENCE_LENGTH_MAX or not reference.isprintable():
+        raise errors.InvalidRequest(
+            f"reference must be at most {REFERENCE_LENGTH_MAX} printable characters", field="reference"
+        )
+
+
+def _check_limits(debit: Account, debit_after: Balances, credit: Account, credit_after: Balances) -> None:
+    for account, after in ((debit, debit_after), (credit, credit_after)):
+        if max(after) > BALANCE_CENTAVOS_MAX or after[0] + after[1] > BALANCE_CENTAVOS_MAX or (
+            after[2] + after[3] > BALANCE_CENTAVOS_MAX
+        ):
+            raise errors.Overflow(f"the transfer would overflow account {account.id}", account_id=str(account.id))
+    if debit.flags & AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS and debit_after[0] + debit_after[1] > debit_after[3]:
+        raise errors.InsufficientFunds(
+            f"account {debit.id} has insufficient funds",
+            account_id=str(debit.id),
+            available_centavos=debit.credits_posted - debit.debits_posted - debit.debits_pending,
+        )
+    if credit.flags & AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS and credit_after[2] + credit_after[3] > credit_after[1]:
+        raise errors.ExceedsDebits(f"account {credit.id} cannot be credited beyond its debits",
+                                   account_id=str(credit.id))
+
+
+_FIELD_ORDER = (
+    ("kind", "kind"),
+    ("debit_account_id", "debit_account_id"),
+    ("credit_account_id", "credit_account_id"),
+    ("amount_centavos", "requested_amount_centavos"),
+    ("pending_id", "pending_id"),
+    ("timeout_s", "timeout_s"),
+    ("ledger", "ledger"),
+    ("code", "code"),
+    ("reference", "reference"),
+)
+
+
+def _differing_field(cmd: CreateTransfer, event: TransferCommitted) -> str:
+    settles = cmd.kind in ("post_pending", "void_pending") and event.kind == cmd.kind
+    for request_field, event_field in _FIELD_ORDER:
+        if settles and request_field in ("debit_account_id", "credit_account_id"):
+            continue  # a post or void names no accounts; the stored ones are the pending transfer's
+        if getattr(cmd, request_field) != getattr(event, event_field):
+            return request_field
+    return "payload"
+
+
+def check_linked(cmd: CreateLinkedTransfers) -> None:
+    if not cmd.transfers:
+        raise errors.InvalidRequest("a linked batch needs at least one transfer", field="transfers")
+    if len(cmd.transfers) > LINKED_TRANSFERS_MAX:
+        raise errors.BatchTooLarge(f"a linked batch holds at most {LINKED_TRANSFERS_MAX} transfers")
+    keys = [t.key for t in cmd.transfers]
+    if len(set(keys)) != len(keys):
+        raise errors.InvalidRequest("keys in a linked batch must be unique", field="transfers")
+
+
+def linked_batch_id_of(cmd: CreateLinkedTransfers) -> UUID:
+    """A linked batch's id is derived from its first key, so a replayed batch keeps its id."""
+    return uuid.uuid5(TRANSFER_ID_NAMESPACE, "linked:" + cmd.transfers[0].key)
+
+
+def flatten_ids(commands: Iterable[Command]) -> set[UUID]:
+    """Transfer ids a batch refers to (its own keys and the pending transfers it settles)."""
+    ids: set[UUID] = set()
+    for c in commands:
+        transfers = c.transfers if isinstance(c, CreateLinkedTransfers) else (c,) if isinstance(c, CreateTransfer) else ()
+        for t in transfers:
+            if isinstance(t.key, str):
+                ids.add(t.transfer_id)
+            if t.pending_id is not None:
+                ids.add(t.pending_id)
+    return ids

@@ -1,0 +1,426 @@
+"""The single ledger writer: group commit over an in-memory state (DESIGN §3, the TigerBeetle shape).
+
+Callers on any thread ``submit`` commands and wait on a future. One writer thread takes the commands that
+arrived within a bounded time and count, decides each against the in-memory state (a refused command is rolled
+back alone and never fails its batch-mates), and saves every resulting event in one transaction. Futures are
+resolved only after that transaction committed, so an acknowledged command is durable.
+
+If a save fails, its outcome is unknown (the commit may have happened before the connection broke), so the
+writer does not guess: every command of the batch gets ``LedgerUnavailable`` (safe to retry with the same key)
+and the state is reloaded from the store before the next batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from ledger import errors
+from ledger.application import LedgerApplication
+from ledger.events import LedgerEvent
+from ledger.limits import (
+    CHECKPOINT_EVENTS_INTERVAL,
+    COMMAND_TIMEOUT_S_MAX,
+    GROUP_COMMIT_COMMANDS_MAX,
+    GROUP_COMMIT_EVENTS_MAX,
+    GROUP_COMMIT_WAIT_MS_MAX,
+    WRITER_QUEUE_DEPTH_MAX,
+)
+from ledger.model import (
+    Account,
+    AccountResult,
+    CloseAccount,
+    Command,
+    CreateLinkedTransfers,
+    CreateTransfer,
+    Decider,
+    LedgerState,
+    OpenAccount,
+    TransferResult,
+    check_linked,
+    flatten_ids,
+    linked_batch_id_of,
+    result_of,
+)
+from ledger.ports import TransferLookup, WriterLease
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadAccounts:
+    """A consistent read of accounts, served by the writer between batches (not a state change)."""
+
+    account_ids: tuple[UUID, ...]
+
+
+@dataclass(slots=True)
+class _Submission:
+    command: Command | ReadAccounts
+    future: Future[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class WriterStats:
+    batches: int
+    commands: int
+    events: int
+    position: int
+
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class LedgerWriter:
+    """Owns the ledger state and is the only thing that appends to the ledger's event log."""
+
+    def __init__(
+        self,
+        app: LedgerApplication,
+        lease: WriterLease,
+        lookup: TransferLookup,
+        *,
+        clock: Clock = utc_now,
+        commands_max: int = GROUP_COMMIT_COMMANDS_MAX,
+        wait_ms: float = GROUP_COMMIT_WAIT_MS_MAX,
+        checkpoint_interval: int = CHECKPOINT_EVENTS_INTERVAL,
+    ) -> None:
+        assert 0 < commands_max <= GROUP_COMMIT_COMMANDS_MAX
+        assert 0 <= wait_ms <= GROUP_COMMIT_WAIT_MS_MAX
+        self.app = app
+        self.lease = lease
+        self.lookup = lookup
+        self.clock = clock
+        self.commands_max = commands_max
+        self.wait_s = wait_ms / 1000
+        self.checkpoint_interval = checkpoint_interval
+        self._queue: queue.Queue[_Submission | None] = queue.Queue(maxsize=WRITER_QUEUE_DEPTH_MAX)
+        self._thread: threading.Thread | None = None
+        self._epoch: int | None = None
+        self._state: LedgerState | None = None
+        self._last_checkpoint = 0
+        self._stats = [0, 0, 0]
+        self.fatal: BaseException | None = None
+
+    # ---- lifecycle ------------------------------------------------------------------------------------------
+    def start(self) -> LedgerWriter:
+        """Takes the writer lease, rebuilds the state from the store and starts the writer thread."""
+        self._epoch = self.lease.acquire()
+        try:
+            self._state = self.app.load_state()
+        except BaseException:
+            self.lease.release()
+            raise
+        checkpoint = self.app.latest_checkpoint()
+        self._last_checkpoint = checkpoint.position if checkpoint else 0
+        self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Finishes the commands already queued, then stops and releases the lease."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        self.lease.release()
+
+    def __enter__(self) -> LedgerWriter:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def state(self) -> LedgerState:
+        """The live state. Only for tests and tools, and only while nothing is being written."""
+        assert self._state is not None
+        return self._state
+
+    def stats(self) -> WriterStats:
+        batches, commands, events = self._stats
+        return WriterStats(batches, commands, events, self._state.position if self._state else 0)
+
+    # ---- the calls ------------------------------------------------------------------------------------------
+    def submit(self, command: Command | ReadAccounts) -> Future[Any]:
+        """Queues a command; the future gets its result or its ``LedgerError`` once its batch committed."""
+        future: Future[Any] = Future()
+        if self.fatal is not None or self._thread is None:
+            future.set_exception(errors.LedgerUnavailable("the ledger writer is not running"))
+            return future
+        try:
+            self._queue.put_nowait(_Submission(command, future))
+        except queue.Full:
+            future.set_exception(errors.LedgerOverloaded("the ledger is overloaded; retry with the same key"))
+        return future
+
+    def execute(self, command: Command | ReadAccounts, timeout_s: float = COMMAND_TIMEOUT_S_MAX) -> Any:
+        """Submits and waits. Raises the command's ``LedgerError``; ``LedgerUnavailable`` on timeout."""
+        future = self.submit(command)
+        try:
+            return future.result(timeout=timeout_s)
+        except TimeoutError:
+            raise errors.LedgerUnavailable(
+                "no answer from the ledger in time; the outcome is unknown, retry with the same key"
+            ) from None
+
+    def open_account(self, command: OpenAccount) -> AccountResult:
+        result: AccountResult = self.execute(command)
+        return result
+
+    def close_account(self, command: CloseAccount) -> AccountResult:
+        result: AccountResult = self.execute(command)
+        return result
+
+    def transfer(self, command: CreateTransfer) -> TransferResult:
+        result: TransferResult = self.execute(command)
+        return result
+
+    def linked(self, command: CreateLinkedTransfers) -> list[TransferResult]:
+        result: list[TransferResult] = self.execute(command)
+        return result
+
+    def accounts(self, *account_ids: UUID) -> dict[UUID, Account]:
+        """Consistent copies of the named accounts (unknown ids are left out)."""
+        result: dict[UUID, Account] = self.execute(ReadAccounts(tuple(account_ids)))
+        return result
+
+    # ---- the writer thread ----------------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while True:
+                batch, stop = self._collect()
+                if batch:
+                    self._process(batch)
+                elif self._state is not None:
+                    self._expire_only()
+                if stop:
+                    return
+        except BaseException as exc:  # a broken invariant: stop loudly, refuse everything after
+            self.fatal = exc
+            log.critical("ledger writer stopped: %r", exc, exc_info=exc)
+            self._drain_with(errors.LedgerUnavailable("the ledger writer stopped on an internal error"))
+            raise
+
+    def _collect(self) -> tuple[list[_Submission], bool]:
+        """Waits for one command, then gathers more for at most ``wait_ms`` or ``commands_max``."""
+        try:
+            first = self._queue.get(timeout=1.0)
+        except queue.Empty:
+            return [], False
+        if first is None:
+            return [], True
+        batch = [first]
+        deadline = time.monotonic() + self.wait_s
+        while len(batch) < self.commands_max:
+            remaining = deadline - time.monotonic()
+            try:
+                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                return batch, True
+            batch.append(item)
+        return batch, False
+
+    def _drain_with(self, error: errors.LedgerError) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None and not item.future.done():
+                item.future.set_exception(error)
+
+    def _expire_only(self) -> None:
+        """With no commands coming, pending transfers still time out."""
+        state = self._state
+        assert state is not None
+        now = self.clock()
+        events = self._expiries(state, now)
+        if events:
+            self._save(events, [])
+
+    def _expiries(self, state: LedgerState, now: datetime) -> list[LedgerEvent]:
+        decider = Decider(state)
+        events: list[LedgerEvent] = []
+        for pending in state.due_expiries(now):
+            event = decider.expire(pending, now)
+            state.apply(event, verify_chain=False)
+            events.append(event)
+        return events
+
+    def _process(self, batch: list[_Submission]) -> None:
+        state = self._state
+        assert state is not None
+        now = self.clock()
+        if not state.index_complete:
+            self._recall_transfers(state, batch)
+        events = self._expiries(state, now)
+        done: list[tuple[_Submission, Callable[[], Any]]] = []
+        decider = Decider(state)
+        for submission in batch:
+            if len(events) >= GROUP_COMMIT_EVENTS_MAX:
+                # A full batch: leave the rest for the next one (its own transaction) rather than grow this one.
+                self._queue_front(submission)
+                continue
+            try:
+                new_events, build = self._decide(decider, submission.command, now)
+            except errors.LedgerError as exc:
+                submission.future.set_exception(exc)
+                continue
+            events.extend(new_events)
+            done.append((submission, build))
+        self._save(events, done)
+
+    def _queue_front(self, submission: _Submission) -> None:
+        # The queue has no push-front; re-queue at the back. Order between unrelated commands is not promised.
+        try:
+            self._queue.put_nowait(submission)
+        except queue.Full:
+            submission.future.set_exception(errors.LedgerOverloaded("the ledger is overloaded; retry"))
+
+    def _recall_transfers(self, state: LedgerState, batch: list[_Submission]) -> None:
+        unknown = {
+            i for i in flatten_ids(s.command for s in batch if not isinstance(s.command, ReadAccounts))
+            if i not in state.transfers
+        }
+        if unknown:
+            self.app.load_transfers(self.lookup, state, unknown)
+
+    def _save(self, events: list[LedgerEvent], done: list[tuple[_Submission, Callable[[], Any]]]) -> None:
+        state = self._state
+        assert state is not None
+        if events:
+            try:
+                recordings = self.app.save(*events, writer_epoch=self._epoch)
+            except errors.WriterFenced:
+                # Another writer owns the ledger now: this one must never write again.
+                for submission, _ in done:
+                    submission.future.set_exception(errors.LedgerUnavailable("this ledger writer was fenced off"))
+                raise
+            except Exception as exc:
+                log.error("ledger batch of %d events not saved (%r); reloading state from the store", len(events), exc)
+                unavailable = errors.LedgerUnavailable(
+                    "the ledger store failed; the outcome is unknown, retry with the same key"
+                )
+                for submission, _ in done:
+                    submission.future.set_exception(unavailable)
+                self._reload()
+                return
+            for recording in recordings:
+                position = recording.notification.id
+                if recording.domain_event.originator_version == 1:
+                    state.set_position(recording.domain_event.originator_id, position)
+                state.position = max(state.position, position)
+            self._stats[2] += len(events)
+        self._stats[0] += 1
+        self._stats[1] += len(done)
+        for submission, build in done:
+            submission.future.set_result(build())
+        if state.position - self._last_checkpoint >= self.checkpoint_interval:
+            self._checkpoint(state)
+
+    def _checkpoint(self, state: LedgerState) -> None:
+        try:
+            self.app.write_checkpoint(state)
+            self._last_checkpoint = state.position
+        except Exception as exc:  # a checkpoint is an optimisation; the log stays the truth
+            log.warning("ledger checkpoint at %d not written: %r", state.position, exc)
+
+    def _reload(self) -> None:
+        while True:
+            try:
+                self._state = self.app.load_state()
+                return
+            except Exception as exc:
+                log.error("ledger state reload failed (%r); retrying", exc)
+                self._drain_with(errors.LedgerUnavailable("the ledger store is unavailable; retry later"))
+                time.sleep(0.5)
+
+    # ---- deciding one command -------------------------------------------------------------------------------
+    def _decide(
+        self, decider: Decider, command: Command | ReadAccounts, now: datetime
+    ) -> tuple[list[LedgerEvent], Callable[[], Any]]:
+        """Events of one command (already applied to the state) and how to build its result after commit."""
+        state = decider.state
+        if isinstance(command, ReadAccounts):
+            found = {i: replace(state.accounts[i]) for i in command.account_ids if i in state.accounts}
+            return [], lambda: found
+        if isinstance(command, CreateTransfer):
+            return self._decide_linked(decider, (command,), now, None, single=True)
+        if isinstance(command, CreateLinkedTransfers):
+            check_linked(command)
+            return self._decide_linked(decider, command.transfers, now, linked_batch_id_of(command), single=False)
+        decided = decider.open_account(command, now) if isinstance(command, OpenAccount) else (
+            decider.close_account(command, now)
+        )
+        if isinstance(decided, AccountResult):
+            account = replace(decided.account)
+            return [], lambda: AccountResult(account, replayed=True)
+        state.apply(decided, verify_chain=False)
+        account = replace(state.accounts[decided.originator_id])
+        return [decided], lambda: AccountResult(account, position=state.position)
+
+    def _decide_linked(
+        self, decider: Decider, transfers: tuple[CreateTransfer, ...], now: datetime,
+        linked_batch_id: UUID | None, *, single: bool,
+    ) -> tuple[list[LedgerEvent], Callable[[], Any]]:
+        state = decider.state
+        replays = [decider.replay_of(t) for t in transfers]
+        if all(r is not None for r in replays):
+            ids = [t.transfer_id for t in transfers]
+            build_replay: Callable[[], Any] = lambda: [result_of(state.transfers[i], replayed=True) for i in ids]
+            return [], (lambda: build_replay()[0]) if single else build_replay
+        if any(r is not None for r in replays):
+            first = next(t for t, r in zip(transfers, replays, strict=True) if r is not None)
+            raise errors.IdempotencyConflict(
+                f"key {first.key!r} was already committed outside this linked batch", field="key", key=first.key
+            )
+        state.begin()
+        events: list[LedgerEvent] = []
+        failures: list[dict[str, Any]] = []
+        for index, transfer in enumerate(transfers):
+            try:
+                new_events = decider.transfer(transfer, now, linked_batch_id)
+            except errors.LedgerError as exc:
+                failures.append({"index": index, **exc.to_dict()})
+                break
+            for event in new_events:
+                state.apply(event, verify_chain=False)
+            events.extend(new_events)
+        if failures:
+            state.rollback()
+            if single:
+                raise errors.ALL_ERRORS[failures[0]["code"]](
+                    failures[0]["detail"],
+                    **{k: v for k, v in failures[0].items() if k not in ("code", "detail", "index")},
+                )
+            failed_at = failures[0]["index"]
+            results = [
+                failures[0] if i == failed_at else {"index": i, "code": errors.LinkedTransferFailed.code}
+                for i in range(len(transfers))
+            ]
+            raise errors.LinkedBatchFailed(
+                f"linked batch refused: transfer {failed_at} failed with {failures[0]['code']}", results=results
+            )
+        state.commit()
+        ids = [t.transfer_id for t in transfers]
+
+        def build() -> Any:
+            results = [result_of(state.transfers[i], replayed=False) for i in ids]
+            return results[0] if single else results
+
+        return events, build
