@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlparse
 from uuid import UUID
 
 import psycopg
+from psycopg import sql
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder
 from psycopg.rows import DictRow
@@ -48,7 +49,7 @@ END $$;
 """
 
 
-def postgres_env(dsn: str, *, pool_size: int = 4) -> dict[str, str]:
+def postgres_env(dsn: str, *, pool_size: int = 4, schema: str = "") -> dict[str, str]:
     """The ``eventsourcing`` environment for a Postgres DSN, using the fenced recorder."""
     url = urlparse(dsn)
     assert url.scheme in ("postgresql", "postgres"), f"not a postgres DSN: {dsn}"
@@ -66,6 +67,7 @@ def postgres_env(dsn: str, *, pool_size: int = 4) -> dict[str, str]:
         # A save waits at most this long for the events table lock before failing (then it is retried).
         "POSTGRES_LOCK_TIMEOUT": "5",
         "CREATE_TABLE": "y",
+        "POSTGRES_SCHEMA": schema,
     }
 
 
@@ -133,10 +135,11 @@ class PostgresTransferLookup:
 
     def __init__(self, recorder: PostgresApplicationRecorder) -> None:
         self.recorder = recorder
-        self.statement = (
-            f'SELECT notification_id, originator_id, originator_version, topic, state '
-            f'FROM "{recorder.events_table_name}" WHERE originator_id = ANY(%s) ORDER BY notification_id'
-        )
+        schema = recorder.datastore.schema or "public"
+        self.statement = sql.SQL(
+            "SELECT notification_id, originator_id, originator_version, topic, state "
+            "FROM {}.{} WHERE originator_id = ANY(%s) ORDER BY notification_id"
+        ).format(sql.Identifier(schema), sql.Identifier(recorder.events_table_name))
 
     def find(self, transfer_ids: Collection[UUID]) -> Sequence[tuple[int, StoredEvent]]:
         with self.recorder.datastore.get_connection() as conn, conn.cursor() as curs:
