@@ -1,9 +1,9 @@
 """Is a server there, and is it the kind of server we expect? Short, bounded checks used by the stack.
 
-Each server gets two questions. "Does anything listen at that address?" decides between using what is there
-and starting our own. "Does it answer like Postgres / Redis / Kafka?" then catches a listener that is something
-else, or a real server that refuses us (wrong password): falling back to an embedded server there would hide a
-configuration mistake, so those cases are errors.
+Each server gets two questions. "Does anything listen at that address?" decides between using what is
+there and starting our own. "Does it answer like Postgres / Redis / Kafka?" then catches a listener that is
+something else, or a real server that refuses us (wrong password): falling back to an embedded server there
+would hide a configuration mistake, so those cases are errors.
 """
 
 from __future__ import annotations
@@ -19,14 +19,13 @@ import psycopg
 import redis
 from psycopg.conninfo import conninfo_to_dict
 
-from infra.settings import admin_dsn
-
 CONNECT_TIMEOUT_S = 1.0
 KAFKA_PROBE_TIMEOUT_S = 2.0
 KAFKA_RESPONSE_BYTES_MAX = 1 << 20
 POLL_INTERVAL_S = 0.1
 
-LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+# Only these are replaced by a server of our own when nothing answers there; a remote address never is.
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost"})
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,7 @@ def redis_endpoint(url: str) -> Endpoint:
 
 
 def kafka_endpoint(bootstrap: str) -> Endpoint:
-    first = bootstrap.split(",")[0].strip()
+    first = bootstrap.split(",", maxsplit=1)[0].strip()
     host, sep, port = first.rpartition(":")
     if not sep or not port.isdigit():
         raise ValueError(f"Kafka bootstrap {bootstrap!r} is not host:port")
@@ -74,7 +73,7 @@ def kafka_endpoint(bootstrap: str) -> Endpoint:
 
 def accepts_connections(endpoint: Endpoint, timeout_s: float = CONNECT_TIMEOUT_S) -> bool:
     """Whether something listens at the endpoint (a connect succeeds)."""
-    family = socket.AF_UNIX if endpoint.is_unix else socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET
+    family = socket.AF_UNIX if endpoint.is_unix else socket.AF_INET
     address: str | tuple[str, int] = endpoint.host if endpoint.is_unix else (endpoint.host, endpoint.port)
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout_s)
@@ -86,9 +85,9 @@ def accepts_connections(endpoint: Endpoint, timeout_s: float = CONNECT_TIMEOUT_S
 
 
 def postgres_error(dsn: str) -> str | None:
-    """None when we can log in to the server of `dsn` (its maintenance database), else why not."""
+    """None when we can log in to the database `dsn` names, else why not."""
     try:
-        with psycopg.connect(admin_dsn(dsn), connect_timeout=max(1, int(CONNECT_TIMEOUT_S))) as conn:
+        with psycopg.connect(dsn, connect_timeout=max(1, round(CONNECT_TIMEOUT_S))) as conn:
             conn.execute("SELECT 1")
     except psycopg.Error as exc:
         return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -97,7 +96,9 @@ def postgres_error(dsn: str) -> str | None:
 
 def redis_error(url: str) -> str | None:
     """None when the Redis at `url` answers PING, else why not."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=CONNECT_TIMEOUT_S)
+    client = redis.Redis.from_url(
+        url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=CONNECT_TIMEOUT_S
+    )
     try:
         client.ping()
     except redis.RedisError as exc:
@@ -140,7 +141,9 @@ def _parse_brokers(payload: bytes, correlation_id: int) -> list[tuple[str, int]]
     return brokers
 
 
-def kafka_brokers(endpoint: Endpoint, timeout_s: float = KAFKA_PROBE_TIMEOUT_S) -> list[tuple[str, int]] | None:
+def kafka_brokers(
+    endpoint: Endpoint, timeout_s: float = KAFKA_PROBE_TIMEOUT_S
+) -> list[tuple[str, int]] | None:
     """The brokers a Kafka Metadata request at `endpoint` advertises, or None if nothing there speaks Kafka.
 
     A raw Metadata v0 request rather than a client library: it is bounded by one timeout, logs nothing, and

@@ -157,7 +157,7 @@ def stop(record: ProcessRecord, *, sig: int = signal.SIGTERM, timeout_s: float =
 def port_is_free(host: str, port: int) -> bool:
     """Whether a server could listen on host:port now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # SO_REUSEADDR, like the servers we start, so a closed connection in TIME_WAIT does not count as taken.
+        # SO_REUSEADDR, as servers use, so that a closed connection in TIME_WAIT does not count as taken.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))

@@ -1,8 +1,8 @@
 """Where the platform's backing servers are, for every process and test.
 
-Resolution, per field: the environment variable first; then the stack state file written by `razao stack up`
-(`<state_dir>/stack.json`), so that when the stack fell back to an embedded Postgres or Redis, or moved Kafka to
-a free port, everything finds the real address; then the defaults for this machine.
+Resolution, per field: the environment variable first; then the stack state file written by `razao stack
+up` (`<state_dir>/stack.json`), so that when the stack fell back to an embedded Postgres or Redis, or moved
+Kafka to a free port, everything finds the real address; then the defaults for this machine.
 
 One subtlety keeps "environment first" honest: when the variable holds exactly the address that `razao stack
 up` was asked for and the stack serves it elsewhere, the stack's real address wins, because the variable was
@@ -89,7 +89,7 @@ def _resolve(env_value: str | None, component: Component | None, default: str) -
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Environment, then the live entries of the stack state file, then defaults (see the module docstring)."""
+    """Environment, then the live entries of the stack state file, then defaults (see the module doc)."""
     env = os.environ if environ is None else environ
     state_dir = state_dir_from(env)
     # A component we started that is no longer running (the machine rebooted, someone killed it) must not
