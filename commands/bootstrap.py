@@ -28,7 +28,9 @@ class LedgerRuntime:
         self.app.close()
 
 
-def build_ledger(dsn: str | None = None, *, start: bool = True, pool_size: int = 4, **writer_options: Any) -> LedgerRuntime:
+def build_ledger(
+    dsn: str | None = None, *, start: bool = True, pool_size: int = 4, **writer_options: Any
+) -> LedgerRuntime:
     """The ledger application on Postgres and its single writer (started unless ``start=False``).
 
     Raises ``WriterBusy`` when another process owns the writer.

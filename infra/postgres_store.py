@@ -16,9 +16,9 @@ from urllib.parse import unquote, urlparse
 from uuid import UUID
 
 import psycopg
-from psycopg import sql
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder
+from psycopg import sql
 from psycopg.rows import DictRow
 
 from ledger.ports import WriterBusy, WriterFenced
@@ -74,7 +74,9 @@ def postgres_env(dsn: str, *, pool_size: int = 4, schema: str = "") -> dict[str,
 class FencedApplicationRecorder(PostgresApplicationRecorder):
     """The library's recorder, plus the writer-epoch check inside every insert transaction."""
 
-    def _insert_events(self, curs: psycopg.Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
+    def _insert_events(
+        self, curs: psycopg.Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> None:
         epoch = kwargs.get("writer_epoch")
         if epoch is not None:
             curs.execute("SELECT razao_assert_writer_epoch(%s, %s)", (WRITER_LEASE_NAME, epoch), prepare=True)

@@ -19,6 +19,7 @@ from eventsourcing.persistence import Notification
 from ledger.events import LedgerCheckpoint, LedgerEvent, PendingTransferResolved, TransferCommitted
 from ledger.limits import REBUILD_PAGE_EVENTS_MAX
 from ledger.model import Account, LedgerState, PendingTransfer
+from ledger.parties import Party
 from ledger.ports import TransferLookup
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class LedgerApplication(Application[UUID]):
             chain_hash=state.chain_hash,
             accounts=[a.row() for a in state.accounts.values()],
             pending=[p.row() for p in state.pending.values()],
+            parties=[p.row() for p in state.parties.values()],
         )
         self.snapshots.put([checkpoint])
         return checkpoint
@@ -113,6 +115,8 @@ def restore_checkpoint(state: LedgerState, checkpoint: LedgerCheckpoint) -> None
     for row in checkpoint.accounts:
         account = Account.from_row(row)
         state.accounts[account.id] = account
+    for row in checkpoint.parties:
+        state.add_party(Party.from_row(row))
     for row in checkpoint.pending:
         pending = PendingTransfer.from_row(row)
         state.pending[pending.id] = pending

@@ -49,6 +49,12 @@ class AccountAlreadyExists(LedgerError):
     code = "LEDGER_ACCOUNT_EXISTS"
 
 
+class PartyAlreadyExists(LedgerError):
+    """A party of this kind with this CPF or CNPJ is already registered."""
+
+    code = "LEDGER_PARTY_EXISTS"
+
+
 class AccountClosed(LedgerError):
     code = "LEDGER_ACCOUNT_CLOSED"
 
@@ -166,6 +172,7 @@ ALL_ERRORS: dict[str, type[LedgerError]] = {
         AmountTooLarge,
         AccountNotFound,
         AccountAlreadyExists,
+        PartyAlreadyExists,
         AccountClosed,
         AccountBalanceNotZero,
         AccountsMustBeDifferent,

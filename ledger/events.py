@@ -15,6 +15,7 @@ rogue second writer, that a transfer key is committed once and a pending transfe
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from uuid import UUID
 
 from eventsourcing.domain import DomainEvent
@@ -23,27 +24,49 @@ from eventsourcing.domain import DomainEvent
 Balances = list[int]
 
 
+@dataclass(frozen=True)
 class LedgerEvent(DomainEvent):
     """Base of all ledger events."""
 
     chain_hash: str
 
 
+@dataclass(frozen=True)
 class AccountOpened(LedgerEvent):
-    """An account was opened on a currency ledger, with its kind (``code``) and flags."""
+    """An account was opened on a currency ledger, with its kind (``code``), flags and owning party, if any."""
 
     ledger: int
     code: int
     flags: int
     reference: str
+    owner_id: UUID | None
 
 
+@dataclass(frozen=True)
+class PartyRegistered(LedgerEvent):
+    """An investor or borrower was registered (their wallet's ``AccountOpened`` follows in the same commit).
+
+    Holds personal data (LGPD): see docs/adr/0003 for how erasure requests are handled.
+    """
+
+    key: str
+    payload_hash: str
+    kind: str
+    name: str
+    document: str
+    email: str
+    phone: str
+    wallet_id: UUID
+
+
+@dataclass(frozen=True)
 class AccountClosed(LedgerEvent):
     """An account was closed at zero balance; it accepts no more transfers."""
 
     flags: int
 
 
+@dataclass(frozen=True)
 class TransferCommitted(LedgerEvent):
     """A transfer was committed.
 
@@ -71,6 +94,7 @@ class TransferCommitted(LedgerEvent):
     credit_after: Balances
 
 
+@dataclass(frozen=True)
 class PendingTransferResolved(LedgerEvent):
     """A pending transfer was posted or voided by the transfer ``by_transfer_id`` (``resolution``)."""
 
@@ -79,6 +103,7 @@ class PendingTransferResolved(LedgerEvent):
     amount_centavos: int
 
 
+@dataclass(frozen=True)
 class PendingTransferExpired(LedgerEvent):
     """A pending transfer reached its timeout unresolved; its reserved amounts were released."""
 
@@ -89,6 +114,7 @@ class PendingTransferExpired(LedgerEvent):
     credit_after: Balances
 
 
+@dataclass(frozen=True)
 class LedgerCheckpoint(DomainEvent):
     """A snapshot of the whole in-memory ledger state at a log position (``originator_version``).
 
@@ -100,10 +126,14 @@ class LedgerCheckpoint(DomainEvent):
     chain_hash: str
     accounts: list[list[object]]
     pending: list[list[object]]
+    parties: list[list[object]]
 
 
 #: Every event type a reader of the ledger log may meet, by class name.
 EVENT_TYPES: dict[str, type[LedgerEvent]] = {
     cls.__name__: cls
-    for cls in (AccountOpened, AccountClosed, TransferCommitted, PendingTransferResolved, PendingTransferExpired)
+    for cls in (
+        PartyRegistered, AccountOpened, AccountClosed, TransferCommitted, PendingTransferResolved,
+        PendingTransferExpired,
+    )
 }

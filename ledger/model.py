@@ -16,18 +16,19 @@ import json
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 from uuid import UUID
 
 from ledger import errors
-from ledger.chart import AccountCode, AccountFlags
+from ledger.chart import REQUIRED_FLAGS, AccountCode, AccountFlags
 from ledger.events import (
     AccountClosed,
     AccountOpened,
     Balances,
     LedgerEvent,
+    PartyRegistered,
     PendingTransferExpired,
     PendingTransferResolved,
     TransferCommitted,
@@ -42,6 +43,7 @@ from ledger.limits import (
     TRANSFER_INDEX_RECENT_MAX,
 )
 from ledger.money import check_amount
+from ledger.parties import Party, RegisterParty, wallet_id_for_party
 
 #: Transfer ids are derived from idempotency keys, so the store's unique key enforces "one key, one transfer".
 TRANSFER_ID_NAMESPACE = UUID("7d1b6c2e-3f0a-5b8e-9c4d-2a6f1e0b9d73")
@@ -69,6 +71,7 @@ class OpenAccount:
     flags: int
     ledger: int = LEDGER_BRL
     reference: str = ""
+    owner_id: UUID | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +133,7 @@ class CreateLinkedTransfers:
     transfers: tuple[CreateTransfer, ...]
 
 
-Command = OpenAccount | CloseAccount | CreateTransfer | CreateLinkedTransfers
+Command = OpenAccount | CloseAccount | CreateTransfer | CreateLinkedTransfers | RegisterParty
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -149,6 +152,7 @@ class Account:
     credits_pending: int = 0
     credits_posted: int = 0
     version: int = 1
+    owner_id: UUID | None = None
 
     @property
     def closed(self) -> bool:
@@ -161,11 +165,13 @@ class Account:
         self.debits_pending, self.debits_posted, self.credits_pending, self.credits_posted = after
 
     def row(self) -> list[object]:
-        return [str(self.id), self.ledger, self.code, self.flags, self.reference, *self.balances(), self.version]
+        owner = str(self.owner_id) if self.owner_id else None
+        return [str(self.id), self.ledger, self.code, self.flags, self.reference, *self.balances(), self.version, owner]
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> Account:
-        return cls(UUID(row[0]), row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9])
+        owner = UUID(row[10]) if row[10] else None
+        return cls(UUID(row[0]), row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], owner)
 
 
 @dataclass(slots=True)
@@ -240,7 +246,8 @@ def result_of(entry: _IndexedTransfer, replayed: bool) -> TransferResult:
 def chain_next(previous_hash: str, event_type: str, originator_id: UUID, version: int, body: dict[str, Any]) -> str:
     """The hash of an event in the chain: SHA-256 over the previous hash and the event's canonical JSON."""
     canonical = json.dumps(
-        [previous_hash, event_type, str(originator_id), version, body], sort_keys=True, default=str, separators=(",", ":")
+        [previous_hash, event_type, str(originator_id), version, body],
+        sort_keys=True, default=str, separators=(",", ":"),
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -259,6 +266,9 @@ class LedgerState:
 
     def __init__(self) -> None:
         self.accounts: dict[UUID, Account] = {}
+        self.parties: dict[UUID, Party] = {}
+        #: (kind, document) -> party id: a CPF or CNPJ registers once per kind.
+        self.documents: dict[tuple[str, str], UUID] = {}
         self.pending: dict[UUID, PendingTransfer] = {}
         self._expiry_heap: list[tuple[datetime, UUID]] = []
         self.transfers: OrderedDict[UUID, _IndexedTransfer] = OrderedDict()
@@ -283,6 +293,10 @@ class LedgerState:
         journal, self._journal = self._journal, None
         for undo in reversed(journal):
             undo()
+
+    @staticmethod
+    def _forget(table: dict[UUID, Any], key: UUID) -> None:
+        table.pop(key, None)
 
     def _record_undo(self, undo: Callable[[], None]) -> None:
         if self._journal is not None:
@@ -345,9 +359,12 @@ class LedgerState:
         elif isinstance(event, AccountOpened):
             assert event.originator_id not in self.accounts, "account opened twice"
             self.accounts[event.originator_id] = Account(
-                event.originator_id, event.ledger, event.code, event.flags, event.reference
+                event.originator_id, event.ledger, event.code, event.flags, event.reference, owner_id=event.owner_id
             )
-            self._record_undo(lambda: self.accounts.pop(event.originator_id))
+            self._record_undo(lambda: self._forget(self.accounts, event.originator_id))
+        elif isinstance(event, PartyRegistered):
+            self.add_party(Party(event.originator_id, event.kind, event.name, event.document, event.email,
+                                 event.phone, event.wallet_id, event.payload_hash))
         elif isinstance(event, AccountClosed):
             account = self.accounts[event.originator_id]
             assert account.version + 1 == event.originator_version
@@ -387,7 +404,7 @@ class LedgerState:
             )
             if expires_at is not None:
                 self.push_expiry(self.pending[event.originator_id])
-            self._record_undo(lambda: self.pending.pop(event.originator_id))
+            self._record_undo(lambda: self._forget(self.pending, event.originator_id))
         self._index(event.originator_id, _IndexedTransfer(event, position))
 
     def _apply_pending_end(self, event: PendingTransferResolved | PendingTransferExpired) -> None:
@@ -413,9 +430,20 @@ class LedgerState:
             entry.resolution = resolution
             self._record_undo(lambda: setattr(entry, "resolution", previous))
 
+    def add_party(self, party: Party) -> None:
+        assert party.id not in self.parties, "party registered twice"
+        self.parties[party.id] = party
+        self.documents[(party.kind, party.document)] = party.id
+
+        def undo() -> None:
+            del self.parties[party.id]
+            del self.documents[(party.kind, party.document)]
+
+        self._record_undo(undo)
+
     def _index(self, transfer_id: UUID, entry: _IndexedTransfer) -> None:
         self.transfers[transfer_id] = entry
-        self._record_undo(lambda: self.transfers.pop(transfer_id, None))
+        self._record_undo(lambda: self._forget(self.transfers, transfer_id))
         if len(self.transfers) > TRANSFER_INDEX_RECENT_MAX:
             self.transfers.popitem(last=False)
             self.index_complete = False
@@ -461,8 +489,9 @@ class LedgerState:
     def fingerprint(self) -> tuple[object, ...]:
         """Everything that defines the ledger's state, to compare a rebuilt state with the live one."""
         return (
-            sorted(tuple(a.row()) for a in self.accounts.values()),  # type: ignore[misc]
-            sorted(tuple(p.row()) for p in self.pending.values()),  # type: ignore[misc]
+            sorted(repr(a.row()) for a in self.accounts.values()),
+            sorted(repr(p.row()) for p in self.pending.values()),
+            sorted(repr(p.row()) for p in self.parties.values()),
             self.chain_hash,
         )
 
@@ -498,18 +527,54 @@ class Decider:
         if existing is not None:
             for name, asked, have in (("ledger", cmd.ledger, existing.ledger), ("code", code, existing.code),
                                       ("flags", cmd.flags, existing.flags & ~AccountFlags.CLOSED),
-                                      ("reference", cmd.reference, existing.reference)):
+                                      ("reference", cmd.reference, existing.reference),
+                                      ("owner_id", cmd.owner_id, existing.owner_id)):
                 if asked != have:
                     raise errors.IdempotencyConflict(
                         f"account {cmd.account_id} exists with a different {name}", field=name
                     )
             return AccountResult(existing, replayed=True)
-        body = {"timestamp": now, "ledger": cmd.ledger, "code": int(code), "flags": int(cmd.flags),
-                "reference": cmd.reference}
+        if cmd.owner_id is not None and cmd.owner_id not in self.state.parties:
+            raise errors.InvalidRequest(f"owner {cmd.owner_id} is not a registered party", field="owner_id")
+        body: dict[str, Any] = {"timestamp": now, "ledger": cmd.ledger, "code": int(code), "flags": int(cmd.flags),
+                "reference": cmd.reference, "owner_id": cmd.owner_id}
         return AccountOpened(
             originator_id=cmd.account_id, originator_version=1,
             chain_hash=self._chain("AccountOpened", cmd.account_id, 1, body), **body,
         )
+
+    def register_party(self, cmd: RegisterParty, now: datetime) -> list[LedgerEvent] | Party:
+        """The party's registration and its wallet's opening; the existing party for an exact replay."""
+        _check_key(cmd.key)
+        existing = self.state.parties.get(cmd.party_id)
+        if existing is not None:
+            if existing.payload_hash != cmd.payload_hash():
+                field_name = next((f for f in ("kind", "name", "document", "email", "phone")
+                                   if getattr(existing, f) != getattr(cmd, f)), "payload")
+                raise errors.IdempotencyConflict(f"key {cmd.key!r} was already used for another party",
+                                                 field=field_name, key=cmd.key)
+            return existing
+        cmd.validate()
+        if (cmd.kind, cmd.document) in self.state.documents:
+            raise errors.PartyAlreadyExists(f"a {cmd.kind} with this document is already registered",
+                                            party_id=str(self.state.documents[(cmd.kind, cmd.document)]))
+        party_id = cmd.party_id
+        wallet_id = wallet_id_for_party(party_id)
+        body: dict[str, Any] = {"timestamp": now, "key": cmd.key, "payload_hash": cmd.payload_hash(), "kind": cmd.kind,
+                "name": cmd.name, "document": cmd.document, "email": cmd.email, "phone": cmd.phone,
+                "wallet_id": wallet_id}
+        registered = PartyRegistered(originator_id=party_id, originator_version=1,
+                                     chain_hash=self._chain("PartyRegistered", party_id, 1, body), **body)
+        code = AccountCode.INVESTOR_WALLET if cmd.kind == "investor" else AccountCode.BORROWER_WALLET
+        account_body: dict[str, Any] = {
+            "timestamp": now, "ledger": LEDGER_BRL, "code": int(code), "flags": int(REQUIRED_FLAGS[code]),
+            "reference": f"party:{party_id}", "owner_id": party_id,
+        }
+        opened = AccountOpened(
+            originator_id=wallet_id, originator_version=1,
+            chain_hash=chain_next(registered.chain_hash, "AccountOpened", wallet_id, 1, account_body), **account_body,
+        )
+        return [registered, opened]
 
     def close_account(self, cmd: CloseAccount, now: datetime) -> AccountClosed | AccountResult:
         account = self.state.account(cmd.account_id)
@@ -521,7 +586,7 @@ class Decider:
                 account_id=str(account.id),
             )
         version = account.version + 1
-        body = {"timestamp": now, "flags": int(account.flags | AccountFlags.CLOSED)}
+        body: dict[str, Any] = {"timestamp": now, "flags": int(account.flags | AccountFlags.CLOSED)}
         return AccountClosed(
             originator_id=account.id, originator_version=version,
             chain_hash=self._chain("AccountClosed", account.id, version, body), **body,
@@ -531,7 +596,7 @@ class Decider:
         debit, credit = self.state.accounts[pending.debit_account_id], self.state.accounts[pending.credit_account_id]
         amount = pending.amount_centavos
         version = pending.version + 1
-        body = {
+        body: dict[str, Any] = {
             "timestamp": now, "debit_account_id": debit.id, "credit_account_id": credit.id, "amount_centavos": amount,
             "debit_after": [debit.debits_pending - amount, *debit.balances()[1:]],
             "credit_after": [*credit.balances()[:2], credit.credits_pending - amount, credit.credits_posted],
@@ -641,7 +706,7 @@ class Decider:
         committed = self._committed(cmd, now, debit.id, credit.id, amount, debit_after, credit_after, linked_batch_id)
         version = pending.version + 1
         resolution = "posted" if cmd.kind == "post_pending" else "voided"
-        body = {"timestamp": now, "resolution": resolution, "by_transfer_id": cmd.transfer_id,
+        body: dict[str, Any] = {"timestamp": now, "resolution": resolution, "by_transfer_id": cmd.transfer_id,
                 "amount_centavos": amount}
         # Chained after the committed event, which is applied first.
         resolved_chain = chain_next(committed.chain_hash, "PendingTransferResolved", pending.id, version, body)
@@ -663,11 +728,11 @@ class Decider:
         }.get(entry.resolution or "", errors.PendingTransferNotFound)
         raise error(f"pending transfer {pending_id} is already {entry.resolution}", pending_id=str(pending_id))
 
-    def _committed(
+    def _committed(  # noqa: PLR0917 - every field of the event, named at the one call site
         self, cmd: CreateTransfer, now: datetime, debit_id: UUID, credit_id: UUID, amount: int,
         debit_after: Balances, credit_after: Balances, linked_batch_id: UUID | None,
     ) -> TransferCommitted:
-        body = {
+        body: dict[str, Any] = {
             "timestamp": now, "key": cmd.key, "payload_hash": cmd.payload_hash(), "kind": cmd.kind,
             "ledger": cmd.ledger, "code": cmd.code, "debit_account_id": debit_id, "credit_account_id": credit_id,
             "amount_centavos": amount, "requested_amount_centavos": cmd.amount_centavos,
@@ -706,7 +771,8 @@ def _check_limits(debit: Account, debit_after: Balances, credit: Account, credit
             account_id=str(debit.id),
             available_centavos=debit.credits_posted - debit.debits_posted - debit.debits_pending,
         )
-    if credit.flags & AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS and credit_after[2] + credit_after[3] > credit_after[1]:
+    credit_limited = credit.flags & AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS
+    if credit_limited and credit_after[2] + credit_after[3] > credit_after[1]:
         raise errors.ExceedsDebits(f"account {credit.id} cannot be credited beyond its debits",
                                    account_id=str(credit.id))
 
@@ -753,7 +819,10 @@ def flatten_ids(commands: Iterable[Command]) -> set[UUID]:
     """Transfer ids a batch refers to (its own keys and the pending transfers it settles)."""
     ids: set[UUID] = set()
     for c in commands:
-        transfers = c.transfers if isinstance(c, CreateLinkedTransfers) else (c,) if isinstance(c, CreateTransfer) else ()
+        if isinstance(c, CreateLinkedTransfers):
+            transfers: tuple[CreateTransfer, ...] = c.transfers
+        else:
+            transfers = (c,) if isinstance(c, CreateTransfer) else ()
         for t in transfers:
             if isinstance(t.key, str):
                 ids.add(t.transfer_id)

@@ -50,6 +50,7 @@ from ledger.model import (
     linked_batch_id_of,
     result_of,
 )
+from ledger.parties import Party, RegisterParty
 from ledger.ports import TransferLookup, WriterLease
 
 log = logging.getLogger(__name__)
@@ -62,9 +63,22 @@ class ReadAccounts:
     account_ids: tuple[UUID, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class ReadParties:
+    party_ids: tuple[UUID, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PartyResult:
+    party: Party
+    wallet: Account
+    position: int | None = None
+    replayed: bool = False
+
+
 @dataclass(slots=True)
 class _Submission:
-    command: Command | ReadAccounts
+    command: Command | ReadAccounts | ReadParties
     future: Future[Any]
 
 
@@ -154,7 +168,7 @@ class LedgerWriter:
         return WriterStats(batches, commands, events, self._state.position if self._state else 0)
 
     # ---- the calls ------------------------------------------------------------------------------------------
-    def submit(self, command: Command | ReadAccounts) -> Future[Any]:
+    def submit(self, command: Command | ReadAccounts | ReadParties) -> Future[Any]:
         """Queues a command; the future gets its result or its ``LedgerError`` once its batch committed."""
         future: Future[Any] = Future()
         if self.fatal is not None or self._thread is None:
@@ -166,7 +180,7 @@ class LedgerWriter:
             future.set_exception(errors.LedgerOverloaded("the ledger is overloaded; retry with the same key"))
         return future
 
-    def execute(self, command: Command | ReadAccounts, timeout_s: float = COMMAND_TIMEOUT_S_MAX) -> Any:
+    def execute(self, command: Command | ReadAccounts | ReadParties, timeout_s: float = COMMAND_TIMEOUT_S_MAX) -> Any:
         """Submits and waits. Raises the command's ``LedgerError``; ``LedgerUnavailable`` on timeout."""
         future = self.submit(command)
         try:
@@ -190,6 +204,15 @@ class LedgerWriter:
 
     def linked(self, command: CreateLinkedTransfers) -> list[TransferResult]:
         result: list[TransferResult] = self.execute(command)
+        return result
+
+    def register_party(self, command: RegisterParty) -> PartyResult:
+        result: PartyResult = self.execute(command)
+        return result
+
+    def parties(self, *party_ids: UUID) -> dict[UUID, Party]:
+        """Copies of the named parties (unknown ids are left out)."""
+        result: dict[UUID, Party] = self.execute(ReadParties(tuple(party_ids)))
         return result
 
     def accounts(self, *account_ids: UUID) -> dict[UUID, Account]:
@@ -294,7 +317,7 @@ class LedgerWriter:
 
     def _recall_transfers(self, state: LedgerState, batch: list[_Submission]) -> None:
         unknown = {
-            i for i in flatten_ids(s.command for s in batch if not isinstance(s.command, ReadAccounts))
+            i for i in flatten_ids(s.command for s in batch if not isinstance(s.command, ReadAccounts | ReadParties))
             if i not in state.transfers
         }
         if unknown:
@@ -352,18 +375,23 @@ class LedgerWriter:
 
     # ---- deciding one command -------------------------------------------------------------------------------
     def _decide(
-        self, decider: Decider, command: Command | ReadAccounts, now: datetime
+        self, decider: Decider, command: Command | ReadAccounts | ReadParties, now: datetime
     ) -> tuple[list[LedgerEvent], Callable[[], Any]]:
         """Events of one command (already applied to the state) and how to build its result after commit."""
         state = decider.state
         if isinstance(command, ReadAccounts):
             found = {i: replace(state.accounts[i]) for i in command.account_ids if i in state.accounts}
             return [], lambda: found
+        if isinstance(command, ReadParties):
+            parties = {i: replace(state.parties[i]) for i in command.party_ids if i in state.parties}
+            return [], lambda: parties
         if isinstance(command, CreateTransfer):
             return self._decide_linked(decider, (command,), now, None, single=True)
         if isinstance(command, CreateLinkedTransfers):
             check_linked(command)
             return self._decide_linked(decider, command.transfers, now, linked_batch_id_of(command), single=False)
+        if isinstance(command, RegisterParty):
+            return self._decide_party(decider, command, now)
         decided = decider.open_account(command, now) if isinstance(command, OpenAccount) else (
             decider.close_account(command, now)
         )
@@ -374,6 +402,22 @@ class LedgerWriter:
         account = replace(state.accounts[decided.originator_id])
         return [decided], lambda: AccountResult(account, position=state.position)
 
+    def _decide_party(
+        self, decider: Decider, command: RegisterParty, now: datetime
+    ) -> tuple[list[LedgerEvent], Callable[[], Any]]:
+        state = decider.state
+        decided = decider.register_party(command, now)
+        if isinstance(decided, Party):
+            party = replace(decided)
+            return [], lambda: PartyResult(party, replace(state.accounts[party.wallet_id]), replayed=True)
+        state.begin()
+        for event in decided:
+            state.apply(event, verify_chain=False)
+        state.commit()
+        party = replace(state.parties[command.party_id])
+        wallet = replace(state.accounts[party.wallet_id])
+        return decided, lambda: PartyResult(party, wallet, position=state.position)
+
     def _decide_linked(
         self, decider: Decider, transfers: tuple[CreateTransfer, ...], now: datetime,
         linked_batch_id: UUID | None, *, single: bool,
@@ -382,8 +426,12 @@ class LedgerWriter:
         replays = [decider.replay_of(t) for t in transfers]
         if all(r is not None for r in replays):
             ids = [t.transfer_id for t in transfers]
-            build_replay: Callable[[], Any] = lambda: [result_of(state.transfers[i], replayed=True) for i in ids]
-            return [], (lambda: build_replay()[0]) if single else build_replay
+
+            def build_replay() -> Any:
+                results = [result_of(state.transfers[i], replayed=True) for i in ids]
+                return results[0] if single else results
+
+            return [], build_replay
         if any(r is not None for r in replays):
             first = next(t for t, r in zip(transfers, replays, strict=True) if r is not None)
             raise errors.IdempotencyConflict(
