@@ -70,7 +70,7 @@ def start_postgres(state_dir: Path, requested: str) -> Component:
             f"embedded Postgres in {pgdata} did not start ({exc}); its log:\n{log_tail(pgdata / 'log')}"
         ) from exc
     pid = int(server.get_pid())
-    process = describe(pid, [str(pgdata / "postmaster")], group=False)
+    process = describe(pid, group=False)
     return Component(
         name="postgres",
         requested=requested,
@@ -105,9 +105,7 @@ def start_redis(state_dir: Path, requested: str) -> Component:
     url = f"redis://{host}:{port}{parts.path or '/0'}"
     if not wait_for(lambda: redis_error(url) is None, REDIS_READY_TIMEOUT_S):
         outcome = stop(process)
-        raise EmbeddedError(
-            f"embedded Redis at {url} was not ready in time ({outcome}); log:\n{log_tail(log)}"
-        )
+        raise EmbeddedError(f"embedded Redis at {url} was not ready in time ({outcome}); log:\n{log_tail(log)}")
     return Component(
         name="redis",
         requested=requested,

@@ -30,7 +30,7 @@ from infra.settings import (
     load_settings,
     state_dir_from,
 )
-from infra.stack import Report, format_status, stack_down, stack_status, stack_up
+from infra.stack import Report, format_status, report_line, stack_down, stack_status, stack_up
 
 PLATFORM_FILE = "platform.json"
 PLATFORM_LOCK_FILE = "platform.lock"
@@ -150,11 +150,11 @@ def platform_up(report: Report = print) -> None:
         for spec in discover_services(settings):
             recorded = services.get(spec.name)
             if recorded and is_alive(ProcessRecord.from_json(recorded["process"])):
-                report(f"{spec.name:<9} running pid {recorded['process']['pid']:<8} {recorded['address']}")
+                report(report_line(spec.name, f"running (pid {recorded['process']['pid']})", spec.address))
                 continue
             services[spec.name] = _start_service(spec, settings)
             _save_services(settings.state_dir, services)
-            report(f"{spec.name:<9} started pid {services[spec.name]['process']['pid']:<8} {spec.address}")
+            report(report_line(spec.name, f"started (pid {services[spec.name]['process']['pid']})", spec.address))
 
 
 def platform_down(report: Report = print) -> None:
@@ -164,7 +164,7 @@ def platform_down(report: Report = print) -> None:
         services = _load_services(state_dir)
         for name in reversed(list(services)):
             process = ProcessRecord.from_json(services[name]["process"])
-            report(f"{name:<9} {stop(process)} (pid {process.pid})")
+            report(report_line(name, f"{stop(process)} (pid {process.pid})", services[name]["address"]))
             del services[name]
             _save_services(state_dir, services)
     stack_down(report=report)
@@ -174,7 +174,7 @@ def services_status(state_dir: Path) -> tuple[str, bool]:
     """A table of the recorded services, and whether every one of them is alive and healthy."""
     services = _load_services(state_dir)
     if not services:
-        return "no platform services recorded (start them with `razao up`)", True
+        return "no platform services running", True
     lines, all_well = [f"{'SERVICE':<20} {'ALIVE':<6} {'HEALTHY':<8} {'PID':<8} ADDRESS"], True
     for name, entry in services.items():
         process = ProcessRecord.from_json(entry["process"])

