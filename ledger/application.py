@@ -88,6 +88,7 @@ class LedgerApplication(Application[UUID]):
             state.position = notification.id
             count += 1
         state.check_invariants()
+        state.trim_index()
         log.info("ledger state loaded: checkpoint=%s, replayed=%d events, position=%d",
                  checkpoint.position if checkpoint else None, count, state.position)
         return state

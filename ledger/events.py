@@ -41,6 +41,14 @@ class AccountOpened(LedgerEvent):
     reference: str
     owner_id: UUID | None
 
+    #: v2 added ``owner_id``. Older events upcast to ``None``; ``None`` fields are left out of the chain hash, so
+    #: events written before a field existed still verify.
+    class_version = 2
+
+    @staticmethod
+    def upcast_v1_v2(state: dict[str, object]) -> None:
+        state["owner_id"] = None
+
 
 @dataclass(frozen=True)
 class PartyRegistered(LedgerEvent):
@@ -127,6 +135,16 @@ class LedgerCheckpoint(DomainEvent):
     accounts: list[list[object]]
     pending: list[list[object]]
     parties: list[list[object]]
+
+    #: v2 added ``parties`` and the owner column of account rows.
+    class_version = 2
+
+    @staticmethod
+    def upcast_v1_v2(state: dict[str, object]) -> None:
+        state["parties"] = []
+        accounts = state["accounts"]
+        assert isinstance(accounts, list)
+        state["accounts"] = [[*row, None] for row in accounts]
 
 
 #: Every event type a reader of the ledger log may meet, by class name.

@@ -227,7 +227,8 @@ class _IndexedTransfer:
     resolution: str | None = None  # "posted", "voided" or "expired" once a pending transfer is settled
 
 
-def result_of(entry: _IndexedTransfer, replayed: bool) -> TransferResult:
+def result_of(entry: _IndexedTransfer, replayed: bool, position: int | None = None) -> TransferResult:
+    """The result of a committed transfer; ``position`` overrides the entry's when the batch just assigned it."""
     e = entry.event
     return TransferResult(
         id=e.originator_id,
@@ -238,15 +239,18 @@ def result_of(entry: _IndexedTransfer, replayed: bool) -> TransferResult:
         amount_centavos=e.amount_centavos,
         pending_id=e.pending_id,
         timestamp=e.timestamp,
-        position=entry.position,
+        position=entry.position if position is None else position,
         replayed=replayed,
     )
 
 
 def chain_next(previous_hash: str, event_type: str, originator_id: UUID, version: int, body: dict[str, Any]) -> str:
     """The hash of an event in the chain: SHA-256 over the previous hash and the event's canonical JSON."""
+    # Fields that are None are left out, so an optional field added in a later class version (None in the
+    # upcast of an older event) never changes the hash of events written before it existed.
+    present = {k: v for k, v in body.items() if v is not None}
     canonical = json.dumps(
-        [previous_hash, event_type, str(originator_id), version, body],
+        [previous_hash, event_type, str(originator_id), version, present],
         sort_keys=True, default=str, separators=(",", ":"),
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -397,6 +401,11 @@ class LedgerState:
         self._touch_account(credit)
         debit.set_balances(debit_after)
         credit.set_balances(credit_after)
+        if event.kind in ("post_pending", "void_pending"):
+            # The settling transfer ends the reservation itself, so the state as of its log position is whole
+            # even though the pending transfer's own PendingTransferResolved event comes one position later.
+            assert event.pending_id is not None
+            self._end_pending(event.pending_id, "posted" if event.kind == "post_pending" else "voided")
         if event.kind == "pending":
             expires_at = event.timestamp + timedelta(seconds=event.timeout_s) if event.timeout_s else None
             self.pending[event.originator_id] = PendingTransfer(
@@ -407,28 +416,32 @@ class LedgerState:
             self._record_undo(lambda: self._forget(self.pending, event.originator_id))
         self._index(event.originator_id, _IndexedTransfer(event, position))
 
-    def _apply_pending_end(self, event: PendingTransferResolved | PendingTransferExpired) -> None:
-        pending = self.pending.pop(event.originator_id)
+    def _end_pending(self, pending_id: UUID, resolution: str) -> PendingTransfer:
+        pending = self.pending.pop(pending_id)
         self._record_undo(lambda: self.pending.__setitem__(pending.id, pending))
-        assert pending.version + 1 == event.originator_version
-        if isinstance(event, PendingTransferExpired):
-            debit, credit = self.accounts[pending.debit_account_id], self.accounts[pending.credit_account_id]
-            amount = pending.amount_centavos
-            debit_after = [debit.debits_pending - amount, *debit.balances()[1:]]
-            credit_after = [*credit.balances()[:2], credit.credits_pending - amount, credit.credits_posted]
-            assert debit_after == event.debit_after and credit_after == event.credit_after, "expiry mismatch"
-            self._touch_account(debit)
-            self._touch_account(credit)
-            debit.set_balances(debit_after)
-            credit.set_balances(credit_after)
-            resolution = "expired"
-        else:
-            resolution = event.resolution
-        entry = self.transfers.get(event.originator_id)
+        entry = self.transfers.get(pending_id)
         if entry is not None:
             previous = entry.resolution
             entry.resolution = resolution
             self._record_undo(lambda: setattr(entry, "resolution", previous))
+        return pending
+
+    def _apply_pending_end(self, event: PendingTransferResolved | PendingTransferExpired) -> None:
+        assert event.originator_version == 2, "a pending transfer ends once"
+        if isinstance(event, PendingTransferResolved):
+            # The settling transfer (applied just before) already released the reservation.
+            assert event.originator_id not in self.pending, "resolved without its settling transfer"
+            return
+        pending = self._end_pending(event.originator_id, "expired")
+        debit, credit = self.accounts[pending.debit_account_id], self.accounts[pending.credit_account_id]
+        amount = pending.amount_centavos
+        debit_after = [debit.debits_pending - amount, *debit.balances()[1:]]
+        credit_after = [*credit.balances()[:2], credit.credits_pending - amount, credit.credits_posted]
+        assert debit_after == event.debit_after and credit_after == event.credit_after, "expiry mismatch"
+        self._touch_account(debit)
+        self._touch_account(credit)
+        debit.set_balances(debit_after)
+        credit.set_balances(credit_after)
 
     def add_party(self, party: Party) -> None:
         assert party.id not in self.parties, "party registered twice"
@@ -444,8 +457,14 @@ class LedgerState:
     def _index(self, transfer_id: UUID, entry: _IndexedTransfer) -> None:
         self.transfers[transfer_id] = entry
         self._record_undo(lambda: self._forget(self.transfers, transfer_id))
+
+    def trim_index(self) -> None:
+        """Forgets the oldest transfers beyond the index's bound. Called between batches only: within a batch
+        every decision must see every key the batch started with (the batch's unknown keys were recalled then).
+        """
         if len(self.transfers) > TRANSFER_INDEX_RECENT_MAX:
-            self.transfers.popitem(last=False)
+            while len(self.transfers) > TRANSFER_INDEX_RECENT_MAX:
+                self.transfers.popitem(last=False)
             self.index_complete = False
 
     def remember(self, event: TransferCommitted, position: int | None, resolution: str | None) -> None:
@@ -506,10 +525,30 @@ class Decider:
     def __init__(self, state: LedgerState) -> None:
         self.state = state
 
+    def _check_id_free(self, aggregate_id: UUID) -> None:
+        """Accounts, parties and transfers share one id space in the event store: a clash would fail a whole batch."""
+        if aggregate_id in self.state.accounts or aggregate_id in self.state.parties or (
+            aggregate_id in self.state.transfers
+        ):
+            raise errors.AccountAlreadyExists(f"id {aggregate_id} is already in use", id=str(aggregate_id))
+
     def _chain(self, event_type: str, originator_id: UUID, version: int, body: dict[str, Any]) -> str:
         return chain_next(self.state.chain_hash, event_type, originator_id, version, body)
 
     def open_account(self, cmd: OpenAccount, now: datetime) -> AccountOpened | AccountResult:
+        existing = self.state.accounts.get(cmd.account_id)
+        if existing is not None:
+            # Idempotency first: an existing account answers a replay or names the differing field.
+            for name, asked, have in (("ledger", cmd.ledger, existing.ledger), ("code", cmd.code, existing.code),
+                                      ("flags", cmd.flags, existing.flags & ~AccountFlags.CLOSED),
+                                      ("reference", cmd.reference, existing.reference),
+                                      ("owner_id", cmd.owner_id, existing.owner_id)):
+                if asked != have:
+                    raise errors.IdempotencyConflict(
+                        f"account {cmd.account_id} exists with a different {name}", field=name
+                    )
+            return AccountResult(existing, replayed=True)
+        self._check_id_free(cmd.account_id)
         _check_reference(cmd.reference)
         if cmd.ledger <= 0:
             raise errors.InvalidRequest("ledger must be a positive currency code", field="ledger")
@@ -523,17 +562,10 @@ class Decider:
         both = AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS
         if cmd.flags & both == both:
             raise errors.InvalidRequest("an account cannot limit both debits and credits", field="flags")
-        existing = self.state.accounts.get(cmd.account_id)
-        if existing is not None:
-            for name, asked, have in (("ledger", cmd.ledger, existing.ledger), ("code", code, existing.code),
-                                      ("flags", cmd.flags, existing.flags & ~AccountFlags.CLOSED),
-                                      ("reference", cmd.reference, existing.reference),
-                                      ("owner_id", cmd.owner_id, existing.owner_id)):
-                if asked != have:
-                    raise errors.IdempotencyConflict(
-                        f"account {cmd.account_id} exists with a different {name}", field=name
-                    )
-            return AccountResult(existing, replayed=True)
+        required = REQUIRED_FLAGS[code]
+        if cmd.flags & required != required:
+            raise errors.InvalidRequest(f"a {code.name.lower()} account must carry the flags {required!r}",
+                                        field="flags")
         if cmd.owner_id is not None and cmd.owner_id not in self.state.parties:
             raise errors.InvalidRequest(f"owner {cmd.owner_id} is not a registered party", field="owner_id")
         body: dict[str, Any] = {"timestamp": now, "ledger": cmd.ledger, "code": int(code), "flags": int(cmd.flags),
@@ -560,6 +592,8 @@ class Decider:
                                             party_id=str(self.state.documents[(cmd.kind, cmd.document)]))
         party_id = cmd.party_id
         wallet_id = wallet_id_for_party(party_id)
+        self._check_id_free(party_id)
+        self._check_id_free(wallet_id)
         body: dict[str, Any] = {"timestamp": now, "key": cmd.key, "payload_hash": cmd.payload_hash(), "kind": cmd.kind,
                 "name": cmd.name, "document": cmd.document, "email": cmd.email, "phone": cmd.phone,
                 "wallet_id": wallet_id}
@@ -619,7 +653,7 @@ class Decider:
                 f"key {cmd.key!r} was already used for a different transfer", field=_differing_field(cmd, entry.event),
                 key=cmd.key,
             )
-        return result_of(entry, replayed=True)
+        return result_of(entry, True)
 
     def transfer(
         self, cmd: CreateTransfer, now: datetime, linked_batch_id: UUID | None = None
@@ -629,6 +663,8 @@ class Decider:
         _check_reference(cmd.reference)
         if cmd.kind not in TRANSFER_KINDS:
             raise errors.InvalidRequest(f"unknown transfer kind {cmd.kind!r}", field="kind")
+        if cmd.transfer_id in self.state.accounts or cmd.transfer_id in self.state.parties:
+            raise errors.InvalidRequest("this key maps to an id already in use; choose another key", field="key")
         if cmd.kind in ("post_pending", "void_pending"):
             return self._settle(cmd, now, linked_batch_id)
         if cmd.pending_id is not None:
@@ -819,6 +855,8 @@ def flatten_ids(commands: Iterable[Command]) -> set[UUID]:
     """Transfer ids a batch refers to (its own keys and the pending transfers it settles)."""
     ids: set[UUID] = set()
     for c in commands:
+        if isinstance(c, OpenAccount):
+            ids.add(c.account_id)
         if isinstance(c, CreateLinkedTransfers):
             transfers: tuple[CreateTransfer, ...] = c.transfers
         else:

@@ -9,7 +9,7 @@ from ledger.errors import AmountMustBePositive, AmountTooLarge, InvalidRequest
 from ledger.limits import AMOUNT_CENTAVOS_MAX
 
 #: The BCB spec's `valor` pattern, anchored (the spec's own patterns are not).
-PIX_AMOUNT_PATTERN: Final = re.compile(r"\A\d{1,13}\.\d{2}\Z")
+PIX_AMOUNT_PATTERN: Final = re.compile(r"\A[0-9]{1,13}\.[0-9]{2}\Z")
 
 
 def parse_amount(text: str) -> int:

@@ -43,7 +43,7 @@ def _check_digit(digits: str, weights: range | list[int]) -> int:
 
 def is_valid_cpf(cpf: str) -> bool:
     """11 digits, not all equal, both check digits right."""
-    if not re.fullmatch(r"\d{11}", cpf) or cpf == cpf[0] * 11:
+    if not re.fullmatch(r"[0-9]{11}", cpf) or cpf == cpf[0] * 11:
         return False
     first = _check_digit(cpf[:9], range(10, 1, -1))
     second = _check_digit(cpf[:10], range(11, 1, -1))
@@ -52,7 +52,7 @@ def is_valid_cpf(cpf: str) -> bool:
 
 def is_valid_cnpj(cnpj: str) -> bool:
     """14 digits, not all equal, both check digits right."""
-    if not re.fullmatch(r"\d{14}", cnpj) or cnpj == cnpj[0] * 14:
+    if not re.fullmatch(r"[0-9]{14}", cnpj) or cnpj == cnpj[0] * 14:
         return False
     weights = [5, 4, 3, 2, 9, 8, 7, 6, 5, 4, 3, 2]
     first = _check_digit(cnpj[:12], weights)

@@ -91,6 +91,8 @@ class WriterStats:
 
 
 Clock = Callable[[], datetime]
+#: Builds a command's result once its batch committed, from the log positions the batch was given.
+Builder = Callable[[dict[UUID, int]], Any]
 
 
 def utc_now() -> datetime:
@@ -290,10 +292,30 @@ class LedgerWriter:
         assert state is not None
         now = self.clock()
         if not state.index_complete:
-            self._recall_transfers(state, batch)
+            try:
+                self._recall_transfers(state, batch)
+            except Exception as exc:
+                log.error("transfer lookup failed (%r); batch of %d answered unavailable", exc, len(batch))
+                failure = errors.LedgerUnavailable("the ledger store could not be read; retry with the same key")
+                for submission in batch:
+                    submission.future.set_exception(failure)
+                return
         events = self._expiries(state, now)
-        done: list[tuple[_Submission, Callable[[], Any]]] = []
+        done: list[tuple[_Submission, Builder]] = []
         decider = Decider(state)
+        try:
+            self._decide_batch(decider, batch, now, events, done)
+        except BaseException as exc:
+            # A broken invariant: nobody in this batch may be left waiting, and nothing of it is saved.
+            failure = errors.LedgerUnavailable("the ledger writer stopped on an internal error")
+            for submission in batch:
+                if not submission.future.done():
+                    submission.future.set_exception(failure)
+            raise exc
+        self._save(events, done)
+
+    def _decide_batch(self, decider: Decider, batch: list[_Submission], now: datetime,
+                      events: list[LedgerEvent], done: list[tuple[_Submission, Builder]]) -> None:
         for submission in batch:
             if len(events) >= GROUP_COMMIT_EVENTS_MAX:
                 # A full batch: leave the rest for the next one (its own transaction) rather than grow this one.
@@ -306,7 +328,6 @@ class LedgerWriter:
                 continue
             events.extend(new_events)
             done.append((submission, build))
-        self._save(events, done)
 
     def _queue_front(self, submission: _Submission) -> None:
         # The queue has no push-front; re-queue at the back. Order between unrelated commands is not promised.
@@ -323,9 +344,10 @@ class LedgerWriter:
         if unknown:
             self.app.load_transfers(self.lookup, state, unknown)
 
-    def _save(self, events: list[LedgerEvent], done: list[tuple[_Submission, Callable[[], Any]]]) -> None:
+    def _save(self, events: list[LedgerEvent], done: list[tuple[_Submission, Builder]]) -> None:
         state = self._state
         assert state is not None
+        positions: dict[UUID, int] = {}
         if events:
             try:
                 recordings = self.app.save(*events, writer_epoch=self._epoch)
@@ -346,13 +368,15 @@ class LedgerWriter:
             for recording in recordings:
                 position = recording.notification.id
                 if recording.domain_event.originator_version == 1:
+                    positions[recording.domain_event.originator_id] = position
                     state.set_position(recording.domain_event.originator_id, position)
                 state.position = max(state.position, position)
             self._stats[2] += len(events)
+        state.trim_index()
         self._stats[0] += 1
         self._stats[1] += len(done)
         for submission, build in done:
-            submission.future.set_result(build())
+            submission.future.set_result(build(positions))
         if state.position - self._last_checkpoint >= self.checkpoint_interval:
             self._checkpoint(state)
 
@@ -376,15 +400,15 @@ class LedgerWriter:
     # ---- deciding one command -------------------------------------------------------------------------------
     def _decide(
         self, decider: Decider, command: Command | ReadAccounts | ReadParties, now: datetime
-    ) -> tuple[list[LedgerEvent], Callable[[], Any]]:
+    ) -> tuple[list[LedgerEvent], Builder]:
         """Events of one command (already applied to the state) and how to build its result after commit."""
         state = decider.state
         if isinstance(command, ReadAccounts):
             found = {i: replace(state.accounts[i]) for i in command.account_ids if i in state.accounts}
-            return [], lambda: found
+            return [], lambda _: found
         if isinstance(command, ReadParties):
             parties = {i: replace(state.parties[i]) for i in command.party_ids if i in state.parties}
-            return [], lambda: parties
+            return [], lambda _: parties
         if isinstance(command, CreateTransfer):
             return self._decide_linked(decider, (command,), now, None, single=True)
         if isinstance(command, CreateLinkedTransfers):
@@ -397,38 +421,41 @@ class LedgerWriter:
         )
         if isinstance(decided, AccountResult):
             account = replace(decided.account)
-            return [], lambda: AccountResult(account, replayed=True)
+            return [], lambda _: AccountResult(account, replayed=True)
         state.apply(decided, verify_chain=False)
         account = replace(state.accounts[decided.originator_id])
-        return [decided], lambda: AccountResult(account, position=state.position)
+        account_id = decided.originator_id
+        return [decided], lambda positions: AccountResult(account, position=positions.get(account_id))
 
     def _decide_party(
         self, decider: Decider, command: RegisterParty, now: datetime
-    ) -> tuple[list[LedgerEvent], Callable[[], Any]]:
+    ) -> tuple[list[LedgerEvent], Builder]:
         state = decider.state
         decided = decider.register_party(command, now)
         if isinstance(decided, Party):
             party = replace(decided)
-            return [], lambda: PartyResult(party, replace(state.accounts[party.wallet_id]), replayed=True)
+            wallet = replace(state.accounts[party.wallet_id])
+            return [], lambda _: PartyResult(party, wallet, replayed=True)
         state.begin()
         for event in decided:
             state.apply(event, verify_chain=False)
         state.commit()
         party = replace(state.parties[command.party_id])
         wallet = replace(state.accounts[party.wallet_id])
-        return decided, lambda: PartyResult(party, wallet, position=state.position)
+        return decided, lambda positions: PartyResult(party, wallet, position=positions.get(party.id))
 
     def _decide_linked(
         self, decider: Decider, transfers: tuple[CreateTransfer, ...], now: datetime,
         linked_batch_id: UUID | None, *, single: bool,
-    ) -> tuple[list[LedgerEvent], Callable[[], Any]]:
+    ) -> tuple[list[LedgerEvent], Builder]:
         state = decider.state
         replays = [decider.replay_of(t) for t in transfers]
         if all(r is not None for r in replays):
-            ids = [t.transfer_id for t in transfers]
+            # The index entries are captured now: a later command of this batch may evict them from the index.
+            replayed_entries = [state.transfers[t.transfer_id] for t in transfers]
 
-            def build_replay() -> Any:
-                results = [result_of(state.transfers[i], replayed=True) for i in ids]
+            def build_replay(positions: dict[UUID, int]) -> Any:
+                results = [result_of(e, True, positions.get(e.event.originator_id)) for e in replayed_entries]
                 return results[0] if single else results
 
             return [], build_replay
@@ -439,6 +466,7 @@ class LedgerWriter:
             )
         state.begin()
         events: list[LedgerEvent] = []
+        entries = []
         failures: list[dict[str, Any]] = []
         for index, transfer in enumerate(transfers):
             try:
@@ -448,6 +476,7 @@ class LedgerWriter:
                 break
             for event in new_events:
                 state.apply(event, verify_chain=False)
+            entries.append(state.transfers[transfer.transfer_id])
             events.extend(new_events)
         if failures:
             state.rollback()
@@ -465,10 +494,9 @@ class LedgerWriter:
                 f"linked batch refused: transfer {failed_at} failed with {failures[0]['code']}", results=results
             )
         state.commit()
-        ids = [t.transfer_id for t in transfers]
 
-        def build() -> Any:
-            results = [result_of(state.transfers[i], replayed=False) for i in ids]
+        def build(positions: dict[UUID, int]) -> Any:
+            results = [result_of(e, False, positions.get(e.event.originator_id)) for e in entries]
             return results[0] if single else results
 
         return events, build

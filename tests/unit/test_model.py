@@ -51,6 +51,7 @@ NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
 WALLET = AccountCode.INVESTOR_WALLET
 SETTLEMENT = AccountCode.PIX_SETTLEMENT
+BOTH_LIMITS = AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS
 
 
 class Book:
@@ -111,7 +112,9 @@ def funded(book: Book) -> tuple[Book, UUID, UUID, UUID]:
     return book, settlement, rich, poor
 
 
-def refused(book: Book, cmd: CreateTransfer, error: type[errors.LedgerError], now: datetime = NOW) -> errors.LedgerError:
+def refused(
+    book: Book, cmd: CreateTransfer, error: type[errors.LedgerError], now: datetime = NOW
+) -> errors.LedgerError:
     """Asserts the decider refuses ``cmd`` with ``error`` and that the state did not change."""
     before = book.state.fingerprint()
     transfers = len(book.state.transfers)
@@ -164,8 +167,7 @@ def test_open_account_again_with_other_fields_is_a_conflict_naming_the_field(
         (999, 0, LEDGER_BRL, "code"),
         (WALLET, AccountFlags.CLOSED | REQUIRED_FLAGS[WALLET], LEDGER_BRL, "flags"),
         (WALLET, 1 << 7, LEDGER_BRL, "flags"),
-        (AccountCode.SUSPENSE, AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS,
-         LEDGER_BRL, "flags"),
+        (AccountCode.SUSPENSE, BOTH_LIMITS, LEDGER_BRL, "flags"),
         (WALLET, REQUIRED_FLAGS[WALLET], 0, "ledger"),
     ],
 )

@@ -60,7 +60,11 @@ def test_parse_amount_refuses_anything_but_the_pix_pattern(text: str) -> None:
     assert caught.value.context["field"] == "valor"
 
 
-@pytest.mark.parametrize("text", ["١١٠.٠٠", "１１０.００", "११०.००"])
+@pytest.mark.parametrize("text", [
+        "\u0661\u0661\u0660.\u0660\u0660",  # Arabic-Indic
+        "\uff11\uff11\uff10.\uff10\uff10",  # full-width
+        "\u0967\u0967\u0966.\u0966\u0966",  # Devanagari
+    ])
 def test_parse_amount_refuses_non_ascii_digits(text: str) -> None:
     # The BCB pattern's \d means ASCII 0-9 (JSON Schema / ECMA regex); Python's str \d also matches any
     # Unicode decimal digit (Arabic-Indic, full-width, Devanagari...), which int() then happily converts.
