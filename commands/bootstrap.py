@@ -12,6 +12,7 @@ from infra.postgres_store import (
     PostgresWriterLease,
     check_durability,
     postgres_env,
+    schema_setup,
 )
 from infra.settings import ensure_database, load_settings
 from ledger.application import LedgerApplication, ledger_env
@@ -38,7 +39,8 @@ def build_ledger(
     dsn = dsn or load_settings().pg_dsn
     ensure_database(dsn)
     check_durability(dsn)
-    app = LedgerApplication(env={**postgres_env(dsn, pool_size=pool_size), **ledger_env()})
+    with schema_setup(dsn):  # the application creates its tables and functions on construction
+        app = LedgerApplication(env={**postgres_env(dsn, pool_size=pool_size), **ledger_env()})
     holder = f"{socket.gethostname()}:{os.getpid()}"
     recorder = app.recorder
     writer = LedgerWriter(app, PostgresWriterLease(dsn, holder), PostgresTransferLookup(recorder),  # type: ignore[arg-type]

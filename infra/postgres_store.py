@@ -10,7 +10,8 @@ writer fails: two writers can never both commit.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import unquote, urlparse
 from uuid import UUID
@@ -91,6 +92,27 @@ class FencedApplicationRecorder(PostgresApplicationRecorder):
             raise
 
 
+#: Serialises schema set-up (CREATE ... IF NOT EXISTS and CREATE OR REPLACE race in Postgres).
+SCHEMA_SETUP_LOCK_KEY = 0x52415A414F + 1
+
+
+@contextmanager
+def schema_setup_lock(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """Holds a blocking advisory lock on an autocommit connection while the caller runs DDL."""
+    conn.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_SETUP_LOCK_KEY,))
+    try:
+        yield
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_SETUP_LOCK_KEY,))
+
+
+@contextmanager
+def schema_setup(dsn: str) -> Iterator[None]:
+    """``schema_setup_lock`` on a connection of its own, for set-up done through other connections."""
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn, schema_setup_lock(conn):
+        yield
+
+
 class PostgresWriterLease:
     """The single-writer lease: an advisory lock on its own connection and a fencing epoch."""
 
@@ -104,10 +126,12 @@ class PostgresWriterLease:
         conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5, keepalives=1, keepalives_idle=5,
                                keepalives_interval=2, keepalives_count=3)
         try:
-            conn.execute(_CREATE_WRITER_TABLE)
+            # The lock comes before any DDL: writers starting together must see WriterBusy, not a DDL race.
             row = conn.execute("SELECT pg_try_advisory_lock(%s)", (WRITER_ADVISORY_LOCK_KEY,)).fetchone()
             if not row or not row[0]:
                 raise WriterBusy("another process owns the ledger writer")
+            with schema_setup_lock(conn):
+                conn.execute(_CREATE_WRITER_TABLE)
             row = conn.execute(
                 "INSERT INTO ledger_writer (name, epoch, holder) VALUES (%s, 1, %s) "
                 "ON CONFLICT (name) DO UPDATE SET epoch = ledger_writer.epoch + 1, acquired_at = now(), "

@@ -24,6 +24,7 @@ from uuid import UUID
 from ledger import errors
 from ledger.chart import REQUIRED_FLAGS, AccountCode, AccountFlags
 from ledger.events import (
+    EVENT_TYPES,
     AccountClosed,
     AccountOpened,
     Balances,
@@ -246,9 +247,10 @@ def result_of(entry: _IndexedTransfer, replayed: bool, position: int | None = No
 
 def chain_next(previous_hash: str, event_type: str, originator_id: UUID, version: int, body: dict[str, Any]) -> str:
     """The hash of an event in the chain: SHA-256 over the previous hash and the event's canonical JSON."""
-    # Fields that are None are left out, so an optional field added in a later class version (None in the
-    # upcast of an older event) never changes the hash of events written before it existed.
-    present = {k: v for k, v in body.items() if v is not None}
+    # A field added in a later class version is left out while None (the upcast of an older event), so events
+    # written before it existed keep their hash. Every other field is always hashed.
+    added = EVENT_TYPES[event_type].chain_fields_added
+    present = {k: v for k, v in body.items() if v is not None or k not in added}
     canonical = json.dumps(
         [previous_hash, event_type, str(originator_id), version, present],
         sort_keys=True, default=str, separators=(",", ":"),

@@ -7,6 +7,7 @@ afterwards, and the state a restart rebuilds from them.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import sys
 import threading
@@ -1015,22 +1016,48 @@ def test_an_account_id_equal_to_a_transfer_id_does_not_fail_batch_mates(
 # ---- schema evolution: what earlier versions wrote must stay readable ----------------------------------------------
 
 
-def test_a_log_written_before_accounts_had_owners_still_loads(app: LedgerApplication, clock: Clock) -> None:
-    # The first release stored AccountOpened without `owner_id` (commit e2f1894). STYLE: a field change bumps
-    # `class_version` and adds an upcaster; and the chain must still verify over what was written then.
-    account_id = uuid.uuid4()
-    body = {"timestamp": START, "ledger": 986, "code": int(WALLET), "flags": int(REQUIRED_FLAGS[WALLET]),
-            "reference": "investor:1"}
-    chain = ledger.model.chain_next(ledger.model.GENESIS_CHAIN_HASH, "AccountOpened", account_id, 1, body)
-    state = app.mapper.transcoder.encode({**body, "chain_hash": chain})
-    app.recorder.insert_events([StoredEvent(account_id, 1, "ledger.events:AccountOpened", state)])
+def first_release_chain(previous: str, event_type: str, originator_id: UUID, body: dict[str, Any]) -> str:
+    """The chain hash exactly as the first release (commit e2f1894) computed it: every field, nulls included."""
+    canonical = json.dumps([previous, event_type, str(originator_id), 1, body], sort_keys=True, default=str,
+                           separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def test_a_log_written_by_the_first_release_still_loads(app: LedgerApplication, clock: Clock) -> None:
+    # The first release stored AccountOpened without `owner_id`, and hashed every event over all its fields,
+    # nulls included (a single transfer has pending_id = linked_batch_id = null). STYLE: a field change bumps
+    # `class_version` and adds an upcaster, and an offline-verifiable chain must keep verifying what was written.
+    settlement, wallet = uuid.uuid4(), uuid.uuid4()
+    chain = ledger.model.GENESIS_CHAIN_HASH
+    stored = []
+
+    def write(event_type: str, originator_id: UUID, body: dict[str, Any]) -> None:
+        nonlocal chain
+        chain = first_release_chain(chain, event_type, originator_id, body)
+        state = app.mapper.transcoder.encode({**body, "chain_hash": chain})
+        stored.append(StoredEvent(originator_id, 1, f"ledger.events:{event_type}", state))
+
+    for account_id, code in ((settlement, SETTLEMENT), (wallet, WALLET)):
+        write("AccountOpened", account_id, {"timestamp": START, "ledger": 986, "code": int(code),
+                                            "flags": int(REQUIRED_FLAGS[code]), "reference": ""})
+    write("TransferCommitted", transfer_id_for_key("deposit"), {
+        "timestamp": START, "key": "deposit", "payload_hash": t("deposit", settlement, wallet, 5_000).payload_hash(),
+        "kind": "single", "ledger": 986, "code": 1, "debit_account_id": settlement, "credit_account_id": wallet,
+        "amount_centavos": 5_000, "requested_amount_centavos": 5_000, "pending_id": None, "timeout_s": 0,
+        "reference": "", "linked_batch_id": None, "debit_after": [0, 5_000, 0, 0], "credit_after": [0, 0, 0, 5_000],
+    })
+    app.recorder.insert_events(stored)
+
     loaded = app.load_state()
-    assert loaded.accounts[account_id].owner_id is None
     assert loaded.chain_hash == chain
+    assert loaded.accounts[wallet].owner_id is None
+    assert loaded.accounts[wallet].credits_posted == 5_000
     book = Ledger(app, clock, f"test-{uuid.uuid4()}")
     try:
-        settlement = book.open(SETTLEMENT)
-        assert book.writer.transfer(t("after-upgrade", settlement, account_id, 100)).replayed is False
+        assert book.writer.transfer(t("deposit", settlement, wallet, 5_000)).replayed is True
+        assert book.writer.transfer(t("after-upgrade", settlement, wallet, 100)).replayed is False
+        book.restart()
+        assert book.writer.state.fingerprint() == app.load_state(use_checkpoint=False).fingerprint()
     finally:
         book.writer.stop()
 

@@ -1,0 +1,363 @@
+"""The ledger on a real Postgres: restart and checkpoints, idempotency across restarts, the single-writer lease,
+fencing after a takeover, and durable acknowledgement.
+
+Each test gets a database of its own (``fresh_database``) and builds the ledger as a process would
+(``commands.bootstrap.build_ledger``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import Future
+from typing import Any
+from uuid import UUID
+
+import psycopg
+import pytest
+
+from commands.bootstrap import LedgerRuntime, build_ledger
+from infra.postgres_store import WRITER_LEASE_NAME
+from ledger import errors
+from ledger.chart import REQUIRED_FLAGS, AccountCode
+from ledger.events import PendingTransferResolved
+from ledger.model import CloseAccount, CreateLinkedTransfers, CreateTransfer, OpenAccount, transfer_id_for_key
+
+WAIT_S = 20.0
+
+
+class Runtimes:
+    """Builds ledgers on one database and closes whatever is still open at the end of the test."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.open: list[LedgerRuntime] = []
+
+    def build(self, **writer_options: Any) -> LedgerRuntime:
+        writer_options.setdefault("wait_ms", 1.0)
+        runtime = build_ledger(self.dsn, **writer_options)
+        self.open.append(runtime)
+        return runtime
+
+    def close(self, runtime: LedgerRuntime) -> None:
+        self.open.remove(runtime)
+        runtime.close()
+
+    def close_all(self) -> None:
+        while self.open:
+            runtime = self.open.pop()
+            try:
+                runtime.close()
+            except Exception:  # a fenced runtime's lease connection may already be gone
+                runtime.app.close()
+
+
+@pytest.fixture
+def ledgers(fresh_database: str) -> Iterator[Runtimes]:
+    runtimes = Runtimes(fresh_database)
+    yield runtimes
+    runtimes.close_all()
+
+
+def sql(dsn: str, query: str, *params: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        cursor = conn.execute(query, params)  # type: ignore[arg-type]
+        return cursor.fetchall() if cursor.description else []
+
+
+def events_table(runtime: LedgerRuntime) -> str:
+    return str(runtime.app.recorder.events_table_name)  # type: ignore[attr-defined]
+
+
+def event_count(dsn: str, table: str) -> int:
+    return int(sql(dsn, f'SELECT count(*) FROM "{table}"')[0][0])
+
+
+def t(key: str, debit: UUID | None, credit: UUID | None, amount: int | None, **kw: Any) -> CreateTransfer:
+    return CreateTransfer(key, debit, credit, amount, **kw)
+
+
+def post(key: str, pending_key: str, amount: int | None = None) -> CreateTransfer:
+    return CreateTransfer(key, None, None, amount, kind="post_pending", pending_id=transfer_id_for_key(pending_key))
+
+
+def void(key: str, pending_key: str) -> CreateTransfer:
+    return CreateTransfer(key, None, None, None, kind="void_pending", pending_id=transfer_id_for_key(pending_key))
+
+
+def open_account(runtime: LedgerRuntime, code: AccountCode) -> UUID:
+    account_id = uuid.uuid4()
+    runtime.writer.open_account(OpenAccount(account_id, code, REQUIRED_FLAGS[code]))
+    return account_id
+
+
+class Accounts:
+    def __init__(self, runtime: LedgerRuntime) -> None:
+        self.settlement = open_account(runtime, AccountCode.PIX_SETTLEMENT)
+        self.alice = open_account(runtime, AccountCode.INVESTOR_WALLET)
+        self.bob = open_account(runtime, AccountCode.BORROWER_WALLET)
+        self.escrow = open_account(runtime, AccountCode.LOAN_ESCROW)
+        self.fees = open_account(runtime, AccountCode.FEE_REVENUE)
+
+
+def workload(runtime: LedgerRuntime, a: Accounts, prefix: str) -> list[CreateTransfer | CreateLinkedTransfers]:
+    """Every kind of command, committed; returns them so they can be replayed later."""
+    w = runtime.writer
+    commands: list[CreateTransfer | CreateLinkedTransfers] = [
+        t(f"{prefix}dep-a", a.settlement, a.alice, 50_000, code=10, reference="e2e:1"),
+        t(f"{prefix}dep-b", a.settlement, a.bob, 5_000, code=10),
+        t(f"{prefix}hold-1", a.alice, a.settlement, 7_000, kind="pending", timeout_s=3_600),
+        t(f"{prefix}hold-2", a.alice, a.settlement, 3_000, kind="pending"),
+        t(f"{prefix}hold-3", a.bob, a.settlement, 1_000, kind="pending", timeout_s=7_200),
+        post(f"{prefix}post-1", f"{prefix}hold-1", 6_500),
+        void(f"{prefix}void-2", f"{prefix}hold-2"),
+        CreateLinkedTransfers((
+            t(f"{prefix}fund", a.alice, a.escrow, 20_000, code=20),
+            t(f"{prefix}fee", a.alice, a.fees, 200, code=30),
+        )),
+    ]
+    for command in commands:
+        result = w.execute(command, timeout_s=WAIT_S)
+        assert not (result.replayed if not isinstance(result, list) else result[0].replayed)
+    return commands
+
+
+def replay_all(runtime: LedgerRuntime, commands: list[CreateTransfer | CreateLinkedTransfers]) -> list[Any]:
+    results = []
+    for command in commands:
+        result = runtime.writer.execute(command, timeout_s=WAIT_S)
+        for r in result if isinstance(result, list) else [result]:
+            assert r.replayed is True, r
+        results.append(result)
+    return results
+
+
+# ---- restart ---------------------------------------------------------------------------------------------------------
+
+
+def test_restart_rebuilds_the_same_state_without_checkpoints(ledgers: Runtimes) -> None:
+    first = ledgers.build()
+    accounts = Accounts(first)
+    commands = workload(first, accounts, "x-")
+    empty = open_account(first, AccountCode.INVESTOR_WALLET)
+    first.writer.close_account(CloseAccount(empty))
+    live = first.writer.state.fingerprint()
+    originals = replay_all(first, commands)
+    table = events_table(first)
+    count = event_count(ledgers.dsn, table)
+    ledgers.close(first)
+
+    second = ledgers.build()
+    assert second.app.latest_checkpoint() is None
+    assert second.writer.state.fingerprint() == live
+    assert second.writer.state.index_complete is True
+    # Every key replays to its original result, positions included, and nothing new is written.
+    assert replay_all(second, commands) == originals
+    assert event_count(ledgers.dsn, table) == count
+    with pytest.raises(errors.AccountClosed):
+        second.writer.transfer(t("to-closed", accounts.settlement, empty, 1))
+    second.writer.state.check_invariants()
+
+
+def test_restart_from_checkpoints_rebuilds_the_same_state(ledgers: Runtimes) -> None:
+    first = ledgers.build(checkpoint_interval=3)
+    accounts = Accounts(first)
+    workload(first, accounts, "a-")
+    workload(first, accounts, "b-")
+    live = first.writer.state.fingerprint()
+    checkpoint = first.app.latest_checkpoint()
+    assert checkpoint is not None and checkpoint.position > 10
+    ledgers.close(first)
+
+    second = ledgers.build(checkpoint_interval=3)
+    assert second.writer.state.fingerprint() == live
+    assert second.app.load_state(use_checkpoint=False).fingerprint() == live
+    # As of a past position: an older checkpoint plus its tail equals the full replay up to there. (Only at
+    # positions that end a commit: see test_writer.py::test_state_as_of_the_position_of_a_post_can_be_rebuilt.)
+    log = list(second.app.iter_log())
+    ends = [n.id for (n, _), (_, after) in itertools.pairwise(log)
+            if not isinstance(after, PendingTransferResolved)]
+    for upto in [p for p in ends if checkpoint.position - 8 <= p <= checkpoint.position]:
+        older = second.app.latest_checkpoint(upto=upto)
+        assert older is not None and older.position <= upto
+        assert second.app.load_state(upto=upto).fingerprint() == (
+            second.app.load_state(upto=upto, use_checkpoint=False).fingerprint()
+        )
+
+
+def test_replay_after_restart_of_a_key_older_than_the_checkpoint(ledgers: Runtimes) -> None:
+    first = ledgers.build(checkpoint_interval=4)
+    accounts = Accounts(first)
+    commands = workload(first, accounts, "old-")
+    originals = replay_all(first, commands)
+    for i in range(6):  # push the checkpoint past every key of the workload
+        first.writer.transfer(t(f"later-{i}", accounts.settlement, accounts.bob, 100))
+    checkpoint = first.app.latest_checkpoint()
+    assert checkpoint is not None
+    assert all(r.position < checkpoint.position for r in originals if not isinstance(r, list))
+    ledgers.close(first)
+
+    second = ledgers.build(checkpoint_interval=4)
+    state = second.writer.state
+    assert state.index_complete is False
+    assert transfer_id_for_key("old-dep-a") not in state.transfers
+    count = event_count(ledgers.dsn, events_table(second))
+    # Looked up in the store: the originals come back, with their positions.
+    assert replay_all(second, commands) == originals
+    with pytest.raises(errors.IdempotencyConflict) as caught:
+        second.writer.transfer(t("old-dep-a", accounts.settlement, accounts.alice, 50_001, code=10, reference="e2e:1"))
+    assert caught.value.context["field"] == "amount_centavos"
+    # Pending transfers from before the checkpoint keep their story.
+    with pytest.raises(errors.PendingTransferAlreadyPosted):
+        second.writer.transfer(post("old-post-again", "old-hold-1"))
+    with pytest.raises(errors.PendingTransferAlreadyVoided):
+        second.writer.transfer(post("old-post-voided", "old-hold-2"))
+    assert event_count(ledgers.dsn, events_table(second)) == count
+    assert second.writer.transfer(void("old-void-3", "old-hold-3")).amount_centavos == 1_000
+    second.writer.state.check_invariants()
+
+
+# ---- the single writer -----------------------------------------------------------------------------------------------
+
+
+def epoch(dsn: str) -> int:
+    return int(sql(dsn, "SELECT epoch FROM ledger_writer WHERE name = %s", WRITER_LEASE_NAME)[0][0])
+
+
+def test_a_second_writer_on_the_same_database_is_refused(ledgers: Runtimes) -> None:
+    first = ledgers.build()
+    accounts = Accounts(first)
+    first_epoch = epoch(ledgers.dsn)
+    with pytest.raises(errors.WriterBusy):
+        ledgers.build()
+    assert epoch(ledgers.dsn) == first_epoch
+    # The refused writer changed nothing: the first one goes on writing.
+    assert first.writer.transfer(t("still-mine", accounts.settlement, accounts.alice, 100)).replayed is False
+    ledgers.close(first)
+    second = ledgers.build()
+    assert epoch(ledgers.dsn) == first_epoch + 1
+    assert second.writer.transfer(t("still-mine", accounts.settlement, accounts.alice, 100)).replayed is True
+
+
+def take_over_by_bumping_the_epoch(ledgers: Runtimes, old: LedgerRuntime) -> LedgerRuntime | None:
+    sql(ledgers.dsn, "UPDATE ledger_writer SET epoch = epoch + 1 WHERE name = %s", WRITER_LEASE_NAME)
+    return None
+
+
+def take_over_after_the_lease_connection_died(ledgers: Runtimes, old: LedgerRuntime) -> LedgerRuntime | None:
+    # The old writer's lease connection is cut (a network partition, an idle-session kill): its advisory lock is
+    # gone but its writer thread and connection pool live on. A new writer then takes the lease.
+    lease: Any = old.writer.lease
+    pid = lease._conn.info.backend_pid
+    assert sql(ledgers.dsn, "SELECT pg_terminate_backend(%s)", pid) == [(True,)]
+    return ledgers.build()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # a fenced writer stops loudly
+@pytest.mark.parametrize("take_over", [take_over_by_bumping_the_epoch, take_over_after_the_lease_connection_died])
+def test_a_fenced_writer_writes_nothing_and_stops(ledgers: Runtimes, take_over: Any) -> None:
+    old = ledgers.build()
+    accounts = Accounts(old)
+    old.writer.transfer(t("before", accounts.settlement, accounts.alice, 10_000))
+    table = events_table(old)
+    count = event_count(ledgers.dsn, table)
+    new = take_over(ledgers, old)
+
+    with pytest.raises(errors.LedgerUnavailable):
+        old.writer.transfer(t("after", accounts.alice, accounts.bob, 100))
+    assert isinstance(old.writer.fatal, errors.WriterFenced)
+    # Everything after is refused without trying, and nothing of the old writer's reached the store.
+    futures: list[Future[Any]] = [old.writer.submit(t(f"after-{i}", accounts.alice, accounts.bob, 1)) for i in range(3)]
+    for future in futures:
+        assert isinstance(future.exception(timeout=WAIT_S), errors.LedgerUnavailable)
+    assert event_count(ledgers.dsn, table) == count
+    keys = {"after", "after-0", "after-1", "after-2"}
+    ids = [transfer_id_for_key(k) for k in keys]
+    assert sql(ledgers.dsn, f'SELECT count(*) FROM "{table}" WHERE originator_id = ANY(%s)', ids) == [(0,)]
+
+    if new is not None:
+        # The new writer sees everything the old one committed, and owns the ledger now.
+        assert new.writer.state.fingerprint() == old.app.load_state().fingerprint()
+        result = new.writer.transfer(t("after", accounts.alice, accounts.bob, 100))
+        assert result.replayed is False and result.position is not None and result.position > count
+
+
+# ---- durable acknowledgement -----------------------------------------------------------------------------------------
+
+
+def test_every_acknowledged_position_is_committed_in_the_events_table(ledgers: Runtimes) -> None:
+    runtime = ledgers.build()
+    accounts = Accounts(runtime)
+    runtime.writer.transfer(t("seed", accounts.settlement, accounts.alice, 100_000))
+    futures = {}
+    for i in range(300):
+        key = f"ack-{i}"
+        command = t(key, accounts.alice, accounts.bob, 100) if i % 3 else t(key, accounts.settlement, accounts.bob, 7)
+        futures[key] = runtime.writer.submit(command)
+        if i % 50 == 0:
+            futures[f"hold-{i}"] = runtime.writer.submit(t(f"hold-{i}", accounts.alice, accounts.bob, 10,
+                                                           kind="pending"))
+    results = {key: future.result(timeout=WAIT_S) for key, future in futures.items()}
+    assert runtime.writer.stats().batches < len(results)  # group commit did group
+    table = events_table(runtime)
+    # Read from another connection, as any client would after the acknowledgement.
+    stored = dict(sql(ledgers.dsn, f'SELECT notification_id, originator_id FROM "{table}" '
+                                   f"WHERE originator_version = 1"))
+    for key, result in results.items():
+        assert stored.get(result.position) == transfer_id_for_key(key), key
+    assert len({r.position for r in results.values()}) == len(results)
+
+
+def test_writers_starting_together_get_one_lease_and_writer_busy_for_the_rest(ledgers: Runtimes) -> None:
+    # A rolling restart, or standbys polling for a takeover: several processes start at once on a ledger that
+    # already exists. One must win; every other one must get the typed WriterBusy it can wait on and retry,
+    # not a raw database error from the lease's setup (e.g. two CREATE OR REPLACE FUNCTION at once).
+    ledgers.close(ledgers.build())
+    contenders = 8
+    barrier = threading.Barrier(contenders)
+    outcomes: list[str] = []
+
+    def start() -> None:
+        barrier.wait(timeout=WAIT_S)
+        try:
+            ledgers.build()
+            outcomes.append("started")
+        except errors.WriterBusy:
+            outcomes.append("busy")
+        except Exception as exc:
+            outcomes.append(f"{type(exc).__name__}: {exc}")
+
+    for _ in range(3):
+        threads = [threading.Thread(target=start) for _ in range(contenders)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=WAIT_S)
+        ledgers.close_all()
+    assert sorted(set(outcomes)) == ["busy", "started"], outcomes
+    assert outcomes.count("started") == 3
+
+
+# ---- a tampered log --------------------------------------------------------------------------------------------------
+
+
+def test_a_writer_refuses_to_start_on_a_tampered_log_and_releases_its_lease(ledgers: Runtimes) -> None:
+    runtime = ledgers.build()
+    accounts = Accounts(runtime)
+    paid = runtime.writer.transfer(t("pay", accounts.settlement, accounts.alice, 10_000))
+    runtime.writer.transfer(t("after", accounts.settlement, accounts.bob, 1))
+    table = events_table(runtime)
+    ledgers.close(runtime)
+    [(state,)] = sql(ledgers.dsn, f'SELECT state FROM "{table}" WHERE notification_id = %s', paid.position)
+    body = json.loads(bytes(state))
+    assert body["amount_centavos"] == 10_000
+    body["amount_centavos"] = body["requested_amount_centavos"] = 1_000_000
+    body["debit_after"], body["credit_after"] = [0, 1_000_000, 0, 0], [0, 0, 0, 1_000_000]
+    sql(ledgers.dsn, f'UPDATE "{table}" SET state = %s WHERE notification_id = %s',
+        json.dumps(body).encode(), paid.position)
+    for _ in range(2):  # the failed start released the lease: the second attempt fails the same way, not busy
+        with pytest.raises(AssertionError, match="chain broken"):
+            ledgers.build()
