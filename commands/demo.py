@@ -1,109 +1,196 @@
-"""`razao demo`: a short scripted story against the ledger, printed as it happens.
+"""`razao demo`: a short scripted story told through the running command API, printed as it happens.
 
-It opens wallets, credits them from the PIX settlement account, moves money, commits a linked batch, posts one
-hold partially and voids another, and shows an overdraft being refused — then prints every balance.
+Every step is an HTTP call (shown with its status) made with the token of whoever acts in the story: an
+operator opens the platform's accounts and onboards Ana and Bruno (investors) and Carla (borrower); PIX deposits
+are credited (and one is delivered twice, harmlessly); Ana pays Bruno herself and fails to peek at his wallet;
+a linked batch funds Carla's loan with its fee; one hold is posted partially and another voided; Carla's
+overdraft is refused. Then every balance, read back through the API.
+
+`razao up` starts the API; the demo finds it through `<state_dir>/api.json` (or `--url`, or RAZAO_API_URL).
+Tokens are minted with the development key, so the demo runs in development only.
 """
 
 from __future__ import annotations
 
 import argparse
+import secrets
 import uuid
+from collections.abc import Callable
 from typing import Any
 
-from commands.bootstrap import build_ledger
-from ledger import errors
-from ledger.chart import REQUIRED_FLAGS, AccountCode
-from ledger.model import Account, CreateLinkedTransfers, CreateTransfer, OpenAccount
-from ledger.money import format_amount, parse_amount
-from ledger.writer import LedgerWriter
+import httpx
+
+from commands.api.auth import mint_token, signing_key_for
+from commands.api.bootstrap import load_api_settings
+from commands.services import api_url
+
+HTTP_TIMEOUT_S = 30.0
 
 
 def register_cli(subparsers: Any) -> None:
-    parser = subparsers.add_parser("demo", help="run a short scripted scenario against the ledger")
-    parser.add_argument("--dsn", help="Postgres DSN of the ledger (default: the configured one)")
+    parser = subparsers.add_parser("demo", help="run a short scripted scenario through the command API")
+    parser.add_argument("--url", help="base URL of the command API (default: the one `razao up` started)")
     parser.set_defaults(func=run)
 
 
-def say(text: str) -> None:
-    print(f"  • {text}")
-
-
 def run(args: argparse.Namespace) -> int:
-    runtime = build_ledger(args.dsn)
+    settings = load_api_settings()
+    url = args.url or api_url(settings.state_dir)
     try:
-        story(runtime.writer)
-    finally:
-        runtime.close()
+        key = signing_key_for(settings)
+    except Exception as exc:
+        print(f"razao demo: cannot mint tokens: {exc}")
+        return 2
+    try:
+        with httpx.Client(base_url=url, timeout=HTTP_TIMEOUT_S) as client:
+            Story(client, lambda role, sub: mint_token(key, sub, role, ttl_s=900)).tell()
+    except httpx.TransportError as exc:
+        print(f"razao demo: the command API at {url} does not answer ({exc}); is `razao up` running?")
+        return 1
     return 0
 
 
-def story(writer: LedgerWriter) -> None:
-    run_id = uuid.uuid4().hex[:8]
-    key = iter(f"demo-{run_id}-{n}" for n in range(1_000)).__next__
-    names: dict[uuid.UUID, str] = {}
+def valid_cpf() -> str:
+    """A random CPF with correct check digits (each run registers new people)."""
+    digits = [secrets.randbelow(10) for _ in range(9)]
+    for weights_from in (10, 11):
+        total = sum(d * w for d, w in zip(digits, range(weights_from, 1, -1), strict=False))
+        digits.append(0 if total % 11 < 2 else 11 - total % 11)
+    return "".join(map(str, digits))
 
-    def open_account(name: str, code: AccountCode) -> uuid.UUID:
-        account_id = uuid.uuid4()
-        writer.open_account(OpenAccount(account_id, code, int(REQUIRED_FLAGS[code]), reference=f"demo:{name}"))
-        names[account_id] = name
+
+def centavos(valor: str) -> int:
+    sign = -1 if valor.startswith("-") else 1
+    whole, cents = valor.lstrip("-").split(".")
+    return sign * (int(whole) * 100 + int(cents))
+
+
+class Story:
+    def __init__(self, client: httpx.Client, token: Callable[[str, str], str]) -> None:
+        self.client = client
+        self.token = token
+        self.run_id = uuid.uuid4().hex[:8]
+        self.keys = iter(f"demo-{self.run_id}-{n}" for n in range(1_000))
+        self.names: dict[str, str] = {}
+        self.actors: dict[str, dict[str, str]] = {}
+
+    # ---- telling -------------------------------------------------------------------------------------------
+    def call(self, who: str, method: str, path: str, body: Any = None, *, key: str | None = None,
+             say: Callable[[dict[str, Any]], str] = lambda _: "done") -> httpx.Response:
+        headers = dict(self.actors[who])
+        if key is not None:
+            headers["Idempotency-Key"] = key
+        print(f"  {who:<8} {method} {self._short(path)}" + (f"   (Idempotency-Key: {key})" if key else ""))
+        response = self.client.request(method, path, json=body, headers=headers)
+        replayed = " · replayed" if response.headers.get("Idempotent-Replayed") == "true" else ""
+        payload = response.json()
+        words = say(payload) if response.is_success else f"{payload['code']}: {payload['detail']}"
+        print(f"  {'':<8} ← {response.status_code} {response.reason_phrase}{replayed}: {words}")
+        return response
+
+    def _short(self, path: str) -> str:
+        for account_id, name in self.names.items():
+            path = path.replace(account_id, f"<{name}>")
+        return path
+
+    def chapter(self, title: str) -> None:
+        print(f"\n{title}")
+
+    def act_as(self, who: str, role: str, sub: str) -> None:
+        self.actors[who] = {"Authorization": f"Bearer {self.token(role, sub)}"}
+
+    # ---- the story -----------------------------------------------------------------------------------------
+    def tell(self) -> None:
+        print(f"\nRazão demo through the command API at {self.client.base_url} (run {self.run_id})")
+        self.act_as("operator", "operator", f"demo-operator-{self.run_id}")
+        self.chapter("1. The platform opens its accounts and onboards three people")
+        settlement = self.open("PIX settlement", "pix_settlement")
+        fees = self.open("fee revenue", "fee_revenue")
+        ana = self.onboard("Ana", "investor", valid_cpf())
+        bruno = self.onboard("Bruno", "investor", valid_cpf())
+        carla = self.onboard("Carla", "borrower", valid_cpf())
+
+        self.chapter("2. PIX deposits arrive (one of them twice)")
+        deposit_key = next(self.keys)
+        deposit = {"debit_account_id": settlement, "credit_account_id": ana, "valor": "1000.00", "code": 10,
+                   "reference": "pix:deposit"}
+        self.call("operator", "POST", "/v1/transfers", deposit, key=deposit_key, say=self.moved)
+        self.move("operator", settlement, bruno, "250.00", code=10, reference="pix:deposit")
+        self.call("operator", "POST", "/v1/transfers", deposit, key=deposit_key,
+                  say=lambda t: f"the same deposit again, same key: the original answer, nothing moved twice "
+                                f"(log position {t['position']})")
+
+        self.chapter("3. Ana uses the API herself")
+        self.call("Ana", "POST", "/v1/transfers", {"debit_account_id": ana, "credit_account_id": bruno,
+                                                    "valor": "120.50"}, key=next(self.keys), say=self.moved)
+        self.call("Ana", "GET", f"/v1/wallets/{bruno}",
+                  say=lambda w: f"Bruno's balance is {w['posted']}")  # refused: 404, as if it did not exist
+        print("  " + " " * 8 + "   (another person's wallet answers exactly like one that does not exist)")
+
+        self.chapter("4. A loan is funded: both legs or neither (linked batch)")
+        self.call("operator", "POST", "/v1/transfer-batches", {"transfers": [
+            {"debit_account_id": bruno, "credit_account_id": carla, "valor": "200.00", "code": 20,
+             "reference": "loan:demo"},
+            {"debit_account_id": carla, "credit_account_id": fees, "valor": "4.00", "code": 30,
+             "reference": "loan:demo fee"},
+        ]}, key=next(self.keys), say=lambda b: "Bruno funded Carla R$ 200.00 and the R$ 4.00 fee was taken, "
+                                                f"committed together at position {b['position']}")
+
+        self.chapter("5. Holds: reserve, then settle in part or release")
+        hold = self.call("operator", "POST", "/v1/holds", {"debit_account_id": ana, "credit_account_id": carla,
+                                                            "valor": "300.00", "timeout_s": 3600},
+                         key=next(self.keys), say=lambda h: f"R$ {h['valor']} held on Ana's wallet").json()
+        self.call("operator", "POST", f"/v1/holds/{hold['id']}/post", {"valor": "180.00"}, key=next(self.keys),
+                  say=lambda t: f"R$ {t['valor']} of it moved to Carla, the rest released")
+        hold2 = self.call("operator", "POST", "/v1/holds", {"debit_account_id": bruno, "credit_account_id": carla,
+                                                             "valor": "50.00"},
+                          key=next(self.keys), say=lambda h: f"R$ {h['valor']} held on Bruno's wallet").json()
+        self.call("operator", "POST", f"/v1/holds/{hold2['id']}/void", key=next(self.keys),
+                  say=lambda t: f"hold voided: R$ {t['valor']} released, nothing moved")
+
+        self.chapter("6. Carla tries to send more than she has")
+        self.call("Carla", "POST", "/v1/transfers", {"debit_account_id": carla, "credit_account_id": ana,
+                                                      "valor": "999.99"}, key=next(self.keys), say=self.moved)
+
+        self.chapter("7. Balances, read back through the API")
+        self.print_balances()
+
+    def open(self, name: str, code: str) -> str:
+        response = self.call("operator", "POST", "/v1/accounts", {"code": code, "reference": f"demo:{name}"},
+                             key=next(self.keys), say=lambda a: f"{name} account opened")
+        account_id = str(response.json()["id"])
+        self.names[account_id] = name
         return account_id
 
-    def move(debit: uuid.UUID, credit: uuid.UUID, amount: str, **options: Any) -> Any:
-        return writer.transfer(CreateTransfer(key(), debit, credit, parse_amount(amount), **options))
+    def onboard(self, name: str, kind: str, cpf: str) -> str:
+        body = {"kind": kind, "name": f"{name} (demo)", "document": cpf, "email": f"{name.lower()}@example.com.br",
+                "phone": "+5511987654321"}
+        party = self.call("operator", "POST", "/v1/parties", body, key=next(self.keys),
+                          say=lambda p: f"{name} registered as {kind} (CPF {cpf}), with a wallet").json()
+        self.names[party["wallet_id"]] = name
+        self.act_as(name, kind, party["id"])
+        return str(party["wallet_id"])
 
-    print(f"\nRazão ledger demo (run {run_id})\n")
-    settlement = open_account("PIX settlement", AccountCode.PIX_SETTLEMENT)
-    fees = open_account("fee revenue", AccountCode.FEE_REVENUE)
-    ana = open_account("Ana (investor)", AccountCode.INVESTOR_WALLET)
-    bruno = open_account("Bruno (investor)", AccountCode.INVESTOR_WALLET)
-    carla = open_account("Carla (borrower)", AccountCode.BORROWER_WALLET)
-    say("opened wallets for Ana and Bruno (investors) and Carla (borrower)")
+    def move(self, who: str, debit: str, credit: str, valor: str, **extra: Any) -> None:
+        self.call(who, "POST", "/v1/transfers", {"debit_account_id": debit, "credit_account_id": credit,
+                                                  "valor": valor, **extra}, key=next(self.keys), say=self.moved)
 
-    deposit = move(settlement, ana, "1000.00", code=10, reference="pix:deposit")
-    move(settlement, bruno, "250.00", code=10, reference="pix:deposit")
-    say(f"PIX deposits credited: Ana R$ 1000.00, Bruno R$ 250.00 (Ana's at log position {deposit.position})")
-    replay = writer.transfer(CreateTransfer(deposit.key, settlement, ana, parse_amount("1000.00"), code=10,
-                                            reference="pix:deposit"))
-    say(f"the same deposit delivered again with its key: replayed={replay.replayed}, nothing moved twice")
+    def moved(self, transfer: dict[str, Any]) -> str:
+        debit = self.names.get(transfer["debit_account_id"], "?")
+        credit = self.names.get(transfer["credit_account_id"], "?")
+        return f"R$ {transfer['valor']} from {debit} to {credit} (log position {transfer['position']})"
 
-    move(ana, bruno, "120.50")
-    say("Ana sent Bruno R$ 120.50")
-
-    writer.linked(CreateLinkedTransfers((
-        CreateTransfer(key(), bruno, carla, parse_amount("200.00"), code=20, reference="loan:demo"),
-        CreateTransfer(key(), carla, fees, parse_amount("4.00"), code=30, reference="loan:demo fee"),
-    )))
-    say("linked batch: Bruno funded Carla R$ 200.00 and the R$ 4.00 fee was taken, both or neither")
-
-    hold = move(ana, carla, "300.00", kind="pending", timeout_s=3600)
-    writer.transfer(CreateTransfer(key(), None, None, parse_amount("180.00"), kind="post_pending",
-                                   pending_id=hold.id))
-    say("hold of R$ 300.00 on Ana's wallet, posted partially: R$ 180.00 moved, R$ 120.00 released")
-
-    hold2 = move(bruno, carla, "50.00", kind="pending")
-    writer.transfer(CreateTransfer(key(), None, None, None, kind="void_pending", pending_id=hold2.id))
-    say("hold of R$ 50.00 on Bruno's wallet voided: nothing moved")
-
-    try:
-        move(carla, ana, "999.99")
-    except errors.LedgerError as exc:
-        say(f"Carla tried to send R$ 999.99: refused with {exc.code} ({exc.detail})")
-
-    print()
-    print_balances(writer.accounts(*names), names)
-    state_ok = "balances" if sum(a.debits_posted for a in writer.accounts(*names).values()) == sum(
-        a.credits_posted for a in writer.accounts(*names).values()) else "DOES NOT BALANCE"
-    print(f"\nΣ debits = Σ credits over these accounts: the ledger {state_ok}.\n")
-
-
-def print_balances(accounts: dict[uuid.UUID, Account], names: dict[uuid.UUID, str]) -> None:
-    header = f"{'account':<20} {'debits posted':>14} {'credits posted':>15} {'pending':>10} {'balance':>12}"
-    print(header)
-    print("-" * len(header))
-    for account_id, name in names.items():
-        a = accounts[account_id]
-        credit_normal = a.code != AccountCode.PIX_SETTLEMENT
-        balance = a.credits_posted - a.debits_posted if credit_normal else a.debits_posted - a.credits_posted
-        pending = a.debits_pending + a.credits_pending
-        print(f"{name:<20} {format_amount(a.debits_posted):>14} {format_amount(a.credits_posted):>15} "
-              f"{format_amount(pending):>10} {format_amount(balance):>12}")
+    def print_balances(self) -> None:
+        header = f"{'account':<20} {'debits posted':>14} {'credits posted':>15} {'pending':>10} {'balance':>12}"
+        print(header)
+        print("-" * len(header))
+        debits = credits = 0
+        for account_id, name in self.names.items():
+            a = self.client.get(f"/v1/accounts/{account_id}", headers=self.actors["operator"]).json()
+            pending = centavos(a["debits_pending"]) + centavos(a["credits_pending"])
+            pending_text = f"{pending // 100}.{pending % 100:02d}"
+            print(f"{name:<20} {a['debits_posted']:>14} {a['credits_posted']:>15} {pending_text:>10} {a['posted']:>12}")
+            debits += centavos(a["debits_posted"])
+            credits += centavos(a["credits_posted"])
+        verdict = "balances" if debits == credits else "DOES NOT BALANCE"
+        print(f"\nΣ debits = Σ credits over these accounts: the ledger {verdict}.\n")

@@ -95,6 +95,15 @@ Clock = Callable[[], datetime]
 Builder = Callable[[dict[UUID, int]], Any]
 
 
+def _claim(submission: _Submission) -> bool:
+    """Marks a submission's future running (it can no longer be cancelled); False if its caller cancelled it.
+
+    A re-queued submission is already running. Without this, a caller cancelling its future (a request that
+    timed out) would make the writer's later ``set_result`` raise ``InvalidStateError`` in the writer thread.
+    """
+    return submission.future.running() or submission.future.set_running_or_notify_cancel()
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -247,7 +256,7 @@ class LedgerWriter:
             return [], False
         if first is None:
             return [], True
-        batch = [first]
+        batch = [first] if _claim(first) else []
         deadline = time.monotonic() + self.wait_s
         while len(batch) < self.commands_max:
             remaining = deadline - time.monotonic()
@@ -257,7 +266,8 @@ class LedgerWriter:
                 break
             if item is None:
                 return batch, True
-            batch.append(item)
+            if _claim(item):
+                batch.append(item)
         return batch, False
 
     def _drain_with(self, error: errors.LedgerError) -> None:

@@ -1081,3 +1081,20 @@ def test_a_checkpoint_written_before_parties_existed_does_not_stop_a_restart(
         CHECKPOINT_ID, live.position, "ledger.events:LedgerCheckpoint", app.mapper.transcoder.encode(old_checkpoint)
     )])
     assert app.load_state().fingerprint() == live.fingerprint()
+
+
+def test_a_cancelled_submission_is_skipped_and_the_writer_goes_on(funded: tuple[Ledger, UUID, UUID, UUID]) -> None:
+    # An API request that times out cancels its future; the writer must neither commit it nor die on it.
+    book, _, rich, poor = funded
+    count = book.event_count()
+    book.clock.hold()
+    blocker = book.writer.submit(t("blocker", rich, poor, 100))
+    assert book.clock.blocked.wait(WAIT_S)
+    cancelled = book.writer.submit(t("cancelled", rich, poor, 100))
+    assert cancelled.cancel()
+    book.clock.release()
+    assert outcome(blocker).replayed is False
+    after = book.writer.transfer(t("after", rich, poor, 100))
+    assert after.replayed is False and book.writer.fatal is None
+    assert book.event_count() == count + 2
+    assert book.available(rich) == 10_000 - 200

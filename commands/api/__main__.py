@@ -1,0 +1,5 @@
+import sys
+
+from commands.api.server import main
+
+sys.exit(main())

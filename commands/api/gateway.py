@@ -1,0 +1,98 @@
+"""The API's door to the ledger writer, from the event loop, without a thread hop per request.
+
+``LedgerWriter.submit`` is non-blocking and thread safe: a request queues its command and awaits an asyncio
+future that the writer thread resolves (through ``call_soon_threadsafe``) once the command's group-commit
+batch is durable. Thousands of requests awaiting at once therefore land in the same batches (ADR 0004).
+
+The writer's ``concurrent.futures.Future`` is never cancelled from here: ``asyncio.wrap_future`` would cancel
+it when the request task is cancelled (a timeout, a shutdown), and the writer resolving a cancelled future
+raises ``InvalidStateError`` in the writer thread. So the bridge copies the outcome one way only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from typing import Any
+from uuid import UUID
+
+from commands.api.limits import LEDGER_WAIT_S_MAX, READINESS_TIMEOUT_S
+from ledger import errors
+from ledger.model import Account, Command
+from ledger.parties import Party
+from ledger.writer import LedgerWriter, ReadAccounts, ReadParties
+
+
+def _settle(waiter: asyncio.Future[Any], done: concurrent.futures.Future[Any]) -> None:
+    if waiter.done():  # the request gave up waiting (timeout or cancellation); the outcome is dropped
+        return
+    exc = done.exception()
+    if exc is not None:
+        waiter.set_exception(exc)
+    else:
+        waiter.set_result(done.result())
+
+
+class LedgerGateway:
+    """Awaitable calls into the single ledger writer."""
+
+    def __init__(self, writer: LedgerWriter) -> None:
+        self.writer = writer
+
+    async def execute(self, command: Command | ReadAccounts | ReadParties,
+                      timeout_s: float = LEDGER_WAIT_S_MAX) -> Any:
+        """The command's result once committed; its ``LedgerError`` otherwise.
+
+        Raises ``LedgerUnavailable`` when no answer comes in time (the outcome is then unknown: retrying with
+        the same Idempotency-Key is safe).
+        """
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Any] = loop.create_future()
+        submitted = self.writer.submit(command)
+        submitted.add_done_callback(lambda done: loop.call_soon_threadsafe(_settle, waiter, done))
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await waiter
+        except TimeoutError:
+            raise errors.LedgerUnavailable(
+                "no answer from the ledger in time; the outcome is unknown, retry with the same key"
+            ) from None
+
+    async def accounts(self, *account_ids: UUID) -> dict[UUID, Account]:
+        found: dict[UUID, Account] = await self.execute(ReadAccounts(tuple(account_ids)))
+        return found
+
+    async def parties(self, *party_ids: UUID) -> dict[UUID, Party]:
+        found: dict[UUID, Party] = await self.execute(ReadParties(tuple(party_ids)))
+        return found
+
+    def position(self) -> int:
+        """The writer's committed log position (read after a consistent read: at or after it)."""
+        return self.writer.stats().position
+
+    async def ready(self) -> bool:
+        """Whether the writer thread answers a read in time."""
+        if self.writer.fatal is not None:
+            return False
+        try:
+            await self.execute(ReadAccounts(()), timeout_s=READINESS_TIMEOUT_S)
+        except errors.LedgerError:
+            return False
+        return True
+
+    async def position_of(self, aggregate_ids: tuple[UUID, ...], *event_names: str) -> int:
+        """The log position of the latest of these aggregates' events named so (one indexed query).
+
+        A registration, opening or closing replayed by the ledger comes back without its position, and a fresh
+        one carries the position of its whole batch; both are answered with the position of the event itself,
+        so a replay renders exactly the body of the original response.
+        """
+        try:
+            rows = await asyncio.to_thread(self.writer.lookup.find, aggregate_ids)
+        except Exception as exc:  # the write is durable; only its position could not be read now
+            raise errors.LedgerUnavailable(
+                f"the ledger store did not answer ({type(exc).__name__}); retry with the same key"
+            ) from None
+        positions = [position for position, stored in rows if stored.topic.rpartition(":")[2] in event_names]
+        assert positions, f"committed events of {aggregate_ids} not found in the store"
+        return max(positions)
