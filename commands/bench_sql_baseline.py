@@ -20,18 +20,16 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import errors as pg_errors
 
-ACCOUNTS_TABLE = "bench_sql_accounts"
-TRANSFERS_TABLE = "bench_sql_transfers"
 CONNECT_TIMEOUT_S = 5
 #: The refusal code of an overdraft, named like the ledger's so both tallies read alike.
 INSUFFICIENT_FUNDS = "SQL_INSUFFICIENT_FUNDS"
 
-_SCHEMA = f"""
-CREATE TABLE {ACCOUNTS_TABLE} (
+_SCHEMA = """
+CREATE TABLE bench_sql_accounts (
     id bigint PRIMARY KEY,
     balance bigint NOT NULL CHECK (balance >= 0)
 );
-CREATE TABLE {TRANSFERS_TABLE} (
+CREATE TABLE bench_sql_transfers (
     id text PRIMARY KEY,
     debit_account_id bigint NOT NULL,
     credit_account_id bigint NOT NULL,
@@ -43,13 +41,13 @@ RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     -- Lock the two balance rows in id order so that A->B and B->A never deadlock.
     IF p_debit < p_credit THEN
-        UPDATE {ACCOUNTS_TABLE} SET balance = balance - p_amount WHERE id = p_debit;
-        UPDATE {ACCOUNTS_TABLE} SET balance = balance + p_amount WHERE id = p_credit;
+        UPDATE bench_sql_accounts SET balance = balance - p_amount WHERE id = p_debit;
+        UPDATE bench_sql_accounts SET balance = balance + p_amount WHERE id = p_credit;
     ELSE
-        UPDATE {ACCOUNTS_TABLE} SET balance = balance + p_amount WHERE id = p_credit;
-        UPDATE {ACCOUNTS_TABLE} SET balance = balance - p_amount WHERE id = p_debit;
+        UPDATE bench_sql_accounts SET balance = balance + p_amount WHERE id = p_credit;
+        UPDATE bench_sql_accounts SET balance = balance - p_amount WHERE id = p_debit;
     END IF;
-    INSERT INTO {TRANSFERS_TABLE} (id, debit_account_id, credit_account_id, amount)
+    INSERT INTO bench_sql_transfers (id, debit_account_id, credit_account_id, amount)
         VALUES (p_id, p_debit, p_credit, p_amount);
 END $$;
 """
@@ -70,18 +68,18 @@ def create_schema(dsn: str, accounts: int, opening_balance_centavos: int) -> Non
     with psycopg.connect(dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
         conn.execute(_SCHEMA)
         conn.execute(
-            f"INSERT INTO {ACCOUNTS_TABLE} (id, balance) SELECT g, %s FROM generate_series(0, %s) g",
+            "INSERT INTO bench_sql_accounts (id, balance) SELECT g, %s FROM generate_series(0, %s) g",
             (opening_balance_centavos, accounts - 1),
         )
-        conn.execute(f"VACUUM ANALYZE {ACCOUNTS_TABLE}")
+        conn.execute("VACUUM ANALYZE bench_sql_accounts")
 
 
 def totals(dsn: str) -> BaselineTotals:
     with psycopg.connect(dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
         row = conn.execute(
-            f"SELECT count(*), coalesce(sum(balance), 0), count(*) FILTER (WHERE balance < 0) FROM {ACCOUNTS_TABLE}"
+            "SELECT count(*), coalesce(sum(balance), 0), count(*) FILTER (WHERE balance < 0) FROM bench_sql_accounts"
         ).fetchone()
-        transfers = conn.execute(f"SELECT count(*) FROM {TRANSFERS_TABLE}").fetchone()
+        transfers = conn.execute("SELECT count(*) FROM bench_sql_transfers").fetchone()
     assert row is not None and transfers is not None
     return BaselineTotals(int(row[0]), int(row[1]), int(transfers[0]), int(row[2]))
 
