@@ -64,7 +64,9 @@ def postgres_env(dsn: str, *, pool_size: int = 4, schema: str = "") -> dict[str,
         "POSTGRES_PASSWORD": unquote(url.password or ""),
         "POSTGRES_POOL_SIZE": str(pool_size),
         "POSTGRES_CONNECT_TIMEOUT": "5",
-        "POSTGRES_PRE_PING": "y",
+        # No pre-ping: it costs a round trip per save, and a broken connection fails the save anyway, which
+        # the writer answers as an unknown outcome and recovers from by reloading.
+        "POSTGRES_PRE_PING": "n",
         # A save waits at most this long for the events table lock before failing (then it is retried).
         "POSTGRES_LOCK_TIMEOUT": "5",
         "CREATE_TABLE": "y",
@@ -82,6 +84,32 @@ class FencedApplicationRecorder(PostgresApplicationRecorder):
         if epoch is not None:
             curs.execute("SELECT razao_assert_writer_epoch(%s, %s)", (WRITER_LEASE_NAME, epoch), prepare=True)
         super()._insert_events(curs, stored_events, **kwargs)
+
+    def _insert_stored_events(
+        self, curs: psycopg.Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> None:
+        # Same statement as the library's (lock, notify, insert, returning ids), but the rows travel as four
+        # typed arrays in binary: psycopg's text dumping of the composite array costs ~30 µs per event in Python.
+        self._lock_table(curs)
+        self._notify_channel(curs)
+        columns = (
+            [e.originator_id for e in stored_events],
+            [e.originator_version for e in stored_events],
+            [e.topic for e in stored_events],
+            [e.state for e in stored_events],
+        )
+        curs.execute(self._binary_insert_statement(), columns, binary=True)
+
+    def _binary_insert_statement(self) -> sql.Composed:
+        statement: sql.Composed | None = getattr(self, "_binary_insert", None)
+        if statement is None:
+            statement = sql.SQL(
+                "INSERT INTO {}.{} (originator_id, originator_version, topic, state) "
+                "SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[]) "
+                "RETURNING notification_id"
+            ).format(sql.Identifier(self.datastore.schema or "public"), sql.Identifier(self.events_table_name))
+            self._binary_insert = statement
+        return statement
 
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
         try:

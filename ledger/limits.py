@@ -41,6 +41,9 @@ COMMAND_TIMEOUT_S_MAX: Final = 30.0
 #: A checkpoint of the ledger state is written after this many events, so restart replays a bounded tail.
 CHECKPOINT_EVENTS_INTERVAL: Final = 50_000
 
+#: After this many events the writer freezes its heap out of the cyclic GC (see ``LedgerWriter._freeze_heap``).
+GC_FREEZE_EVENTS_INTERVAL: Final = 10_000
+
 #: Recently committed transfers kept in memory for idempotent replays; older ones are looked up in the store.
 TRANSFER_INDEX_RECENT_MAX: Final = 1_000_000
 
