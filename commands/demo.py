@@ -4,7 +4,8 @@ Every step is an HTTP call (shown with its status) made with the token of whoeve
 operator opens the platform's accounts and onboards Ana and Bruno (investors) and Carla (borrower); PIX deposits
 are credited (and one is delivered twice, harmlessly); Ana pays Bruno herself and fails to peek at his wallet;
 a linked batch funds Carla's loan with its fee; one hold is posted partially and another voided; Carla's
-overdraft is refused. Then every balance, read back through the API.
+overdraft is refused; Ana deposits by PIX (a charge paid at the sandbox PSP, whose webhook credits her once the
+Pix is confirmed) and withdraws to a Pix key. Then every balance, read back through the API.
 
 `razao up` starts the API; the demo finds it through `<state_dir>/api.json` (or `--url`, or RAZAO_API_URL).
 Tokens are minted with the development key, so the demo runs in development only.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import secrets
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -23,8 +25,13 @@ import httpx
 from commands.api.auth import mint_token, signing_key_for
 from commands.api.bootstrap import load_api_settings
 from commands.services import api_url
+from infra.sandbox_psp.services import profiles
+from ledger.pix_state import SETTLEMENT_ACCOUNT_ID
 
 HTTP_TIMEOUT_S = 30.0
+#: How long the demo waits for a Pix to be credited or a withdrawal to end.
+PIX_WAIT_S = 20.0
+SETTLEMENT_ACCOUNT_ID_TEXT = str(SETTLEMENT_ACCOUNT_ID)
 
 
 def register_cli(subparsers: Any) -> None:
@@ -152,8 +159,56 @@ class Story:
         self.call("Carla", "POST", "/v1/transfers", {"debit_account_id": carla, "credit_account_id": ana,
                                                       "valor": "999.99"}, key=next(self.keys), say=self.moved)
 
-        self.chapter("7. Balances, read back through the API")
+        self.chapter("7. Money in and out by PIX, through the sandbox PSP")
+        self.pix()
+
+        self.chapter("8. Balances, read back through the API")
         self.print_balances()
+
+    def pix(self) -> None:
+        """A deposit paid at the sandbox PSP and a withdrawal to a Pix key, when the API runs with PIX."""
+        response = self.call("Ana", "POST", "/v1/deposits", {"valor": "500.00"}, key=next(self.keys),
+                             say=lambda d: f"a charge of R$ {d['valor']} at the {d['psp']} PSP, txid {d['txid']}; "
+                                           f"BR Code {d['pix_copia_e_cola'][:24]}...")
+        if response.status_code == 404:
+            print("  (this API runs without PIX: start it with `razao up`, or RAZAO_PIX_ENABLED=true)")
+            return
+        if not response.is_success:
+            return
+        deposit = response.json()
+        profile = next(p for p in profiles() if p.name == deposit["psp"])
+        print(f"  payer    POST {profile.admin_url}/_sandbox/pay   (the payer's bank pays the BR Code)")
+        try:
+            paid = httpx.post(f"{profile.admin_url}/_sandbox/pay", json={"txid": deposit["txid"]}, timeout=10).json()
+        except httpx.TransportError:
+            print("  (the sandbox PSP does not answer; is `razao up` running?)")
+            return
+        print(f"  {'':<8} ← Pix {paid['endToEndId']}: the PSP posts its signed webhook; the platform confirms the "
+              "Pix with the PSP before crediting")
+        self.names[SETTLEMENT_ACCOUNT_ID_TEXT] = "PIX settlement (PSP)"
+        done = self.wait_for("Ana", f"/v1/deposits/{deposit['id']}", lambda d: d["status"] == "PAID")
+        if done is not None:
+            print(f"  {'':<8} ← PAID by {done['end_to_end_id']}: R$ {done['valor']} credited to Ana's wallet")
+        response = self.call("Ana", "POST", "/v1/withdrawals", {"valor": "200.00", "pix_key": valid_cpf()},
+                             key=next(self.keys),
+                             say=lambda w: f"R$ {w['valor']} held on Ana's wallet; payment {w['payment_id']} "
+                                           f"goes to CPF key {w['pix_key']}")
+        if response.is_success:
+            withdrawal = response.json()
+            done = self.wait_for("Ana", f"/v1/withdrawals/{withdrawal['id']}", lambda w: w["status"] != "PROCESSING")
+            if done is not None:
+                print(f"  {'':<8} ← {done['status']} at the {done['psp']} PSP (Pix {done['end_to_end_id']}): "
+                      "the hold was posted")
+
+    def wait_for(self, who: str, path: str, ready: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+        deadline = time.monotonic() + PIX_WAIT_S
+        while time.monotonic() < deadline:
+            found: dict[str, Any] = self.client.get(path, headers=self.actors[who]).json()
+            if ready(found):
+                return found
+            time.sleep(0.1)
+        print(f"  {'':<8} (not done within {PIX_WAIT_S:.0f}s; GET {self._short(path)} shows how it stands)")
+        return None
 
     def open(self, name: str, code: str) -> str:
         response = self.call("operator", "POST", "/v1/accounts", {"code": code, "reference": f"demo:{name}"},

@@ -23,6 +23,7 @@ API_HOST = "127.0.0.1"
 API_PORT_DEFAULT = 8080
 ENV_API_PORT = "RAZAO_API_PORT"
 ENV_API_URL = "RAZAO_API_URL"
+ENV_PIX_ENABLED = "RAZAO_PIX_ENABLED"
 API_STATE_FILE = "api.json"
 #: The first start rebuilds the ledger state from the log; leave it time on a large ledger.
 API_READY_TIMEOUT_S = 120.0
@@ -35,7 +36,9 @@ def services(settings: Settings) -> list[ServiceSpec]:
     url = f"http://{API_HOST}:{port}"
     write_json(settings.state_dir / API_STATE_FILE, {"url": url})
     argv = (sys.executable, "-m", "commands.api", "--host", API_HOST, "--port", str(port))
-    return [ServiceSpec(name=API_SERVICE_NAME, argv=argv, health_url=f"{url}/readyz",
+    # The platform runs with PIX on, against the sandbox PSPs `razao up` starts (infra.sandbox_psp.services).
+    env = {ENV_PIX_ENABLED: os.environ.get(ENV_PIX_ENABLED, "true")}
+    return [ServiceSpec(name=API_SERVICE_NAME, argv=argv, env=env, health_url=f"{url}/readyz",
                         ready_timeout_s=API_READY_TIMEOUT_S)]
 
 

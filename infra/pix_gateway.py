@@ -173,10 +173,10 @@ def parse_valor(text: object) -> int:
     return int(whole) * 100 + int(cents)
 
 
-def _rfc3339(moment: datetime) -> str:
+def _rfc3339(moment: datetime, timespec: str = "seconds") -> str:
     if moment.tzinfo is None:
         raise ValueError("use aware datetimes")
-    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return moment.astimezone(UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
 def _parse_rfc3339(text: object) -> datetime:
@@ -606,7 +606,10 @@ class FailoverPixGateway:
         if not 1 <= page_size <= PAGE_SIZE_MAX:
             raise ValueError(f"page_size is 1..{PAGE_SIZE_MAX}")
         client = self.client(psp)
-        params = {"inicio": _rfc3339(start), "fim": _rfc3339(end), "paginacao.itensPorPagina": str(page_size)}
+        # Milliseconds, like the spec's own horario: whole seconds would make a window listing one burst of Pix carry
+        # up to a second of every other Pix with it.
+        params = {"inicio": _rfc3339(start, "milliseconds"), "fim": _rfc3339(end, "milliseconds"),
+                  "paginacao.itensPorPagina": str(page_size)}
         for page in range(LIST_PAGES_MAX):
             params["paginacao.paginaAtual"] = str(page)
             data = self._expect(client, self._read(client, "/pix", params), (200,))
@@ -866,6 +869,11 @@ def _cli_status(_args: argparse.Namespace) -> int:
               f"{breaker.get('since', '-'):<22} {config.base_url}")
     print(f"(breaker states as last recorded by the sending process in {path})")
     return 0 if all_well else 1
+
+
+def cli_status(args: argparse.Namespace) -> int:
+    """``razao pix status`` (public, so that the ``pix`` CLI of ``commands`` can offer it beside ``reconcile``)."""
+    return _cli_status(args)
 
 
 def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -199,12 +199,35 @@ def _cli_down(_args: argparse.Namespace) -> int:
     return 0
 
 
+#: Where the process that sends PIX records its PSP circuit breakers (infra.pix_gateway.breaker_state_recorder).
+PIX_BREAKERS_FILE = Path("pix") / "breakers.json"
+
+
+def pix_breakers_status(state_dir: Path) -> str | None:
+    """The PSP circuit breakers as last recorded by the API (``None`` if PIX never ran here). An open breaker is
+    information, not ill health: new payments fail over to the next PSP."""
+    recorded = read_json(state_dir / PIX_BREAKERS_FILE)
+    if not recorded:
+        return None
+    lines = [f"{'PSP':<20} {'BREAKER':<10} {'SINCE':<26} PID"]
+    for psp, entry in sorted(recorded.items()):
+        if isinstance(entry, dict):
+            state, since, pid = entry.get("state", "?"), entry.get("since", "-"), entry.get("pid", "-")
+            lines.append(f"{psp:<20} {state:<10} {since:<26} {pid}")
+    return "\n".join(lines)
+
+
 def _cli_status(_args: argparse.Namespace) -> int:
     statuses = stack_status()
-    services_text, services_well = services_status(state_dir_from())
+    state_dir = state_dir_from()
+    services_text, services_well = services_status(state_dir)
     print(format_status(statuses))
     print()
     print(services_text)
+    breakers = pix_breakers_status(state_dir)
+    if breakers is not None:
+        print()
+        print(breakers)
     return 0 if services_well and all(status.reachable for status in statuses) else 1
 
 

@@ -8,7 +8,7 @@ single writer); this class is the store it writes to and reads back from.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -20,6 +20,7 @@ from ledger.events import LedgerCheckpoint, LedgerEvent, PendingTransferResolved
 from ledger.limits import REBUILD_PAGE_EVENTS_MAX
 from ledger.model import Account, LedgerState, PendingTransfer
 from ledger.parties import Party
+from ledger.pix_state import encode_tables
 from ledger.ports import TransferLookup
 
 log = logging.getLogger(__name__)
@@ -59,19 +60,35 @@ class LedgerApplication(Application[UUID]):
 
     def write_checkpoint(self, state: LedgerState) -> LedgerCheckpoint:
         """Saves the whole state at its position so a restart replays only what follows."""
-        assert self.snapshots is not None
-        checkpoint = LedgerCheckpoint(
-            originator_id=CHECKPOINT_ID,
-            originator_version=state.position,
-            timestamp=datetime.now(UTC),
-            position=state.position,
-            chain_hash=state.chain_hash,
-            accounts=[a.row() for a in state.accounts.values()],
-            pending=[p.row() for p in state.pending.values()],
-            parties=[p.row() for p in state.parties.values()],
-        )
-        self.snapshots.put([checkpoint])
+        checkpoint = self.capture_checkpoint(state)()
+        self.save_checkpoint(checkpoint)
         return checkpoint
+
+    @staticmethod
+    def capture_checkpoint(state: LedgerState,
+                           pause: Callable[[], None] | None = None) -> Callable[[], LedgerCheckpoint]:
+        """Takes what a checkpoint of ``state`` needs, now, in the thread that owns the state; returns a function
+        that builds the checkpoint from it later, on any thread (calling ``pause`` between chunks of work). The PIX
+        records are immutable, so they are only copied as tables here (cheap) and encoded by the returned
+        function."""
+        position, chain_hash = state.position, state.chain_hash
+        accounts = [a.row() for a in state.accounts.values()]
+        pending = [p.row() for p in state.pending.values()]
+        parties = [p.row() for p in state.parties.values()]
+        pix = state.pix.frozen()
+
+        def build() -> LedgerCheckpoint:
+            return LedgerCheckpoint(
+                originator_id=CHECKPOINT_ID, originator_version=position, timestamp=datetime.now(UTC),
+                position=position, chain_hash=chain_hash, accounts=accounts, pending=pending, parties=parties,
+                pix=encode_tables(pix, pause),
+            )
+
+        return build
+
+    def save_checkpoint(self, checkpoint: LedgerCheckpoint) -> None:
+        assert self.snapshots is not None
+        self.snapshots.put([checkpoint])
 
     def load_state(self, *, use_checkpoint: bool = True, upto: int | None = None) -> LedgerState:
         """Rebuilds the ledger state from the store: the latest checkpoint, then every later event.
@@ -118,6 +135,7 @@ def restore_checkpoint(state: LedgerState, checkpoint: LedgerCheckpoint) -> None
         state.accounts[account.id] = account
     for row in checkpoint.parties:
         state.add_party(Party.from_row(row))
+    state.pix.restore(checkpoint.pix)
     for row in checkpoint.pending:
         pending = PendingTransfer.from_row(row)
         state.pending[pending.id] = pending

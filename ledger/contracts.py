@@ -44,6 +44,7 @@ __all__ = [
     "AccountOpenedV1",
     "Balance",
     "ContractError",
+    "DepositRequestedV1",
     "IntegrationEvent",
     "LogDecoder",
     "MalformedEvent",
@@ -51,10 +52,18 @@ __all__ = [
     "Payload",
     "PendingTransferExpiredV1",
     "PendingTransferResolvedV1",
+    "PixReceivedV1",
+    "PixRefundConcludedV1",
+    "PixRefundRequestedV1",
+    "ReconciliationItemOpenedV1",
+    "ReconciliationItemResolvedV1",
     "StoredRecord",
     "TransferCommittedV1",
     "UnknownEventType",
     "UnsupportedEventVersion",
+    "WithdrawalCompletedV1",
+    "WithdrawalFailedV1",
+    "WithdrawalRequestedV1",
     "event_id_for",
     "is_debit_normal",
 ]
@@ -185,6 +194,118 @@ class PendingTransferExpiredV1:
     balances: tuple[Balance, ...] = ()
 
 
+# PIX facts around the money (ADR 0009). The money itself moves by the TransferCommitted events committed with them,
+# which carry the balances; so these carry none. Times the PSP reported are ISO 8601 strings.
+
+
+@dataclass(frozen=True, slots=True)
+class DepositRequestedV1:
+    """A charge (cob) for a deposit into ``wallet_id`` was created at ``psp``. The BR Code is withheld."""
+
+    deposit_id: str
+    wallet_id: str
+    amount_centavos: int
+    expires_in_s: int
+    txid: str
+    psp: str
+    charge_created_at: str
+    balances: tuple[Balance, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PixReceivedV1:
+    """A received Pix was credited (by ``transfer_id``) to a wallet, or to suspense with ``suspense_reason``."""
+
+    pix_id: str
+    end_to_end_id: str
+    psp: str
+    txid: str | None
+    amount_centavos: int
+    processed_at: str
+    source: str
+    transfer_id: str
+    credit_account_id: str
+    deposit_id: str | None
+    suspense_reason: str | None
+    balances: tuple[Balance, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ReconciliationItemOpenedV1:
+    item_id: str
+    end_to_end_id: str
+    reason: str
+    amount_centavos: int
+    account_id: str
+    balances: tuple[Balance, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ReconciliationItemResolvedV1:
+    item_id: str
+    resolution: str
+    wallet_id: str | None
+    amount_centavos: int
+    transfer_id: str | None
+    balances: tuple[Balance, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class WithdrawalRequestedV1:
+    """A withdrawal held by ``hold_id``; the destination Pix key is personal data and is withheld."""
+
+    withdrawal_id: str
+    wallet_id: str
+    amount_centavos: int
+    pix_key_type: str
+    payment_id: str
+    hold_id: str
+    balances: tuple[Balance, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class WithdrawalCompletedV1:
+    withdrawal_id: str
+    psp: str
+    end_to_end_id: str | None
+    transfer_id: str
+    balances: tuple[Balance, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class WithdrawalFailedV1:
+    withdrawal_id: str
+    psp: str
+    reason: str
+    transfer_id: str
+    balances: tuple[Balance, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PixRefundRequestedV1:
+    """A devolução held on ``source_account_id`` by ``hold_id``; its free-text description is withheld."""
+
+    refund_request_id: str
+    end_to_end_id: str
+    psp: str
+    refund_id: str
+    amount_centavos: int
+    hold_id: str
+    source_account_id: str
+    requested_by: str
+    balances: tuple[Balance, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PixRefundConcludedV1:
+    refund_request_id: str
+    status: str
+    return_id: str | None
+    reason: str | None
+    transfer_id: str
+    balances: tuple[Balance, ...] = ()
+
+
 Payload = (
     PartyRegisteredV1
     | AccountOpenedV1
@@ -192,7 +313,19 @@ Payload = (
     | TransferCommittedV1
     | PendingTransferResolvedV1
     | PendingTransferExpiredV1
+    | DepositRequestedV1
+    | PixReceivedV1
+    | ReconciliationItemOpenedV1
+    | ReconciliationItemResolvedV1
+    | WithdrawalRequestedV1
+    | WithdrawalCompletedV1
+    | WithdrawalFailedV1
+    | PixRefundRequestedV1
+    | PixRefundConcludedV1
 )
+
+#: The account a PIX event is about, for its Kafka key (the first of these fields it has).
+_KEY_FIELDS: Final = ("wallet_id", "account_id", "credit_account_id", "source_account_id")
 
 #: Every (type, version) this contract defines, with its payload class.
 EVENT_VERSIONS: Final[Mapping[tuple[str, int], type[Payload]]] = {
@@ -202,6 +335,15 @@ EVENT_VERSIONS: Final[Mapping[tuple[str, int], type[Payload]]] = {
     ("TransferCommitted", 1): TransferCommittedV1,
     ("PendingTransferResolved", 1): PendingTransferResolvedV1,
     ("PendingTransferExpired", 1): PendingTransferExpiredV1,
+    ("DepositRequested", 1): DepositRequestedV1,
+    ("PixReceived", 1): PixReceivedV1,
+    ("ReconciliationItemOpened", 1): ReconciliationItemOpenedV1,
+    ("ReconciliationItemResolved", 1): ReconciliationItemResolvedV1,
+    ("WithdrawalRequested", 1): WithdrawalRequestedV1,
+    ("WithdrawalCompleted", 1): WithdrawalCompletedV1,
+    ("WithdrawalFailed", 1): WithdrawalFailedV1,
+    ("PixRefundRequested", 1): PixRefundRequestedV1,
+    ("PixRefundConcluded", 1): PixRefundConcludedV1,
 }
 _TYPES: Final = frozenset(name for name, _ in EVENT_VERSIONS)
 
@@ -211,9 +353,8 @@ _TYPES: Final = frozenset(name for name, _ in EVENT_VERSIONS)
 
 @dataclass(frozen=True, slots=True)
 class IntegrationEvent:
-    """One ledger event as published: the envelope and a typed payload."""
+    """One ledger event as published: the envelope and a typed payload. ``event_id`` is derived (a property)."""
 
-    event_id: str
     type: str
     version: int
     aggregate_id: str
@@ -228,6 +369,10 @@ class IntegrationEvent:
     payload: Payload
 
     @property
+    def event_id(self) -> str:
+        return event_id_for(self.aggregate_id, self.aggregate_version)
+
+    @property
     def key(self) -> str:
         """The Kafka key: the first account whose balances the event changed, else the account or wallet it is
         about, else the aggregate (a resolution carries no balances; its transfer event does)."""
@@ -238,6 +383,10 @@ class IntegrationEvent:
             return p.wallet_id
         if isinstance(p, AccountOpenedV1 | AccountClosedV1):
             return p.account_id
+        for name in _KEY_FIELDS:
+            account = getattr(p, name, None)
+            if account is not None:
+                return str(account)
         return self.aggregate_id
 
     def to_dict(self) -> dict[str, Any]:
@@ -285,8 +434,8 @@ class IntegrationEvent:
             raw = dict(doc["payload"])
             balances = tuple(_balance(b) for b in raw.pop("balances"))
             payload = _build(payload_class, raw, balances)
+            event_id = _str(doc["event_id"])
             event = cls(
-                event_id=_str(doc["event_id"]),
                 type=_str(type_name),
                 version=_int(version),
                 aggregate_id=_str(doc["aggregate_id"]),
@@ -299,8 +448,8 @@ class IntegrationEvent:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise MalformedEvent(f"{type_name} v{version}: {exc!r}") from None
-        if event.event_id != event_id_for(event.aggregate_id, event.aggregate_version):
-            raise MalformedEvent(f"event id {event.event_id} does not match its aggregate and version")
+        if event_id != event.event_id:
+            raise MalformedEvent(f"event id {event_id} does not match its aggregate and version")
         if event.recorded_at.tzinfo is None:
             raise MalformedEvent("recorded_at must carry a UTC offset")
         return event
@@ -380,32 +529,36 @@ class StoredRecord(Protocol):
     def state(self) -> bytes: ...
 
 
-def _uuid_hook(d: dict[str, Any]) -> Any:
-    # The event store's JSON wraps UUIDs and datetimes as {"_type_": ..., "_data_": ...} (eventsourcing's
-    # JSONTranscoder); ids become canonical UUID strings here, times stay ISO text until the decoder parses them.
-    if len(d) == 2 and "_type_" in d and "_data_" in d:
-        kind, data = d["_type_"], d["_data_"]
-        if kind == "uuid_hex":
-            return f"{data[:8]}-{data[8:12]}-{data[12:16]}-{data[16:20]}-{data[20:]}"
-        if kind == "datetime_iso":
-            return data
-        raise MalformedEvent(f"unexpected stored value type {kind!r}")
-    return d
+def _uuid(value: Any) -> str:
+    # The event store's JSON wraps a UUID as {"_type_": "uuid_hex", "_data_": "<32 hex>"} (eventsourcing's
+    # JSONTranscoder); the contract speaks canonical UUID strings.
+    if value.get("_type_") != "uuid_hex":
+        raise MalformedEvent(f"expected a stored UUID, got {value!r}")
+    h = value["_data_"]
+    if len(h) != 32:
+        raise MalformedEvent(f"expected 32 hex digits, got {h!r}")
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-_decode_state = json.JSONDecoder(object_hook=_uuid_hook).decode
+def _opt_uuid(value: Any) -> str | None:
+    return None if value is None else _uuid(value)
 
 
-def _balances(*pairs: tuple[str, list[int]]) -> tuple[Balance, ...]:
-    return tuple(Balance(account_id, *after) for account_id, after in pairs)
+def _time(value: Any) -> datetime:
+    if value.get("_type_") != "datetime_iso":
+        raise MalformedEvent(f"expected a stored datetime, got {value!r}")
+    return datetime.fromisoformat(value["_data_"])
+
+
+_decode_state = json.JSONDecoder().decode
 
 
 def _party(aid: str, s: dict[str, Any]) -> PartyRegisteredV1:
-    return PartyRegisteredV1(party_id=aid, kind=s["kind"], wallet_id=s["wallet_id"])
+    return PartyRegisteredV1(aid, s["kind"], _uuid(s["wallet_id"]))
 
 
 def _opened(aid: str, s: dict[str, Any]) -> AccountOpenedV1:
-    return AccountOpenedV1(aid, s["ledger"], s["code"], s["flags"], s["reference"], s["owner_id"])
+    return AccountOpenedV1(aid, s["ledger"], s["code"], s["flags"], s["reference"], _opt_uuid(s["owner_id"]))
 
 
 def _closed(aid: str, s: dict[str, Any]) -> AccountClosedV1:
@@ -413,40 +566,110 @@ def _closed(aid: str, s: dict[str, Any]) -> AccountClosedV1:
 
 
 def _transfer(aid: str, s: dict[str, Any]) -> TransferCommittedV1:
+    debit, credit = _uuid(s["debit_account_id"]), _uuid(s["credit_account_id"])
     return TransferCommittedV1(
-        aid, s["key"], s["kind"], s["ledger"], s["code"], s["debit_account_id"], s["credit_account_id"],
-        s["amount_centavos"], s["requested_amount_centavos"], s["pending_id"], s["timeout_s"], s["reference"],
-        s["linked_batch_id"],
-        _balances((s["debit_account_id"], s["debit_after"]), (s["credit_account_id"], s["credit_after"])),
+        aid, s["key"], s["kind"], s["ledger"], s["code"], debit, credit, s["amount_centavos"],
+        s["requested_amount_centavos"], _opt_uuid(s["pending_id"]), s["timeout_s"], s["reference"],
+        _opt_uuid(s["linked_batch_id"]), (Balance(debit, *s["debit_after"]), Balance(credit, *s["credit_after"])),
     )
 
 
 def _resolved(aid: str, s: dict[str, Any]) -> PendingTransferResolvedV1:
-    return PendingTransferResolvedV1(aid, s["resolution"], s["by_transfer_id"], s["amount_centavos"])
+    return PendingTransferResolvedV1(aid, s["resolution"], _uuid(s["by_transfer_id"]), s["amount_centavos"])
 
 
 def _expired(aid: str, s: dict[str, Any]) -> PendingTransferExpiredV1:
+    debit, credit = _uuid(s["debit_account_id"]), _uuid(s["credit_account_id"])
     return PendingTransferExpiredV1(
-        aid, s["debit_account_id"], s["credit_account_id"], s["amount_centavos"],
-        _balances((s["debit_account_id"], s["debit_after"]), (s["credit_account_id"], s["credit_after"])),
+        aid, debit, credit, s["amount_centavos"],
+        (Balance(debit, *s["debit_after"]), Balance(credit, *s["credit_after"])),
     )
 
 
-#: Domain event class -> (its class version, payload builder). Fields of the stored state that a builder does not
-#: read are withheld on purpose (``WITHHELD_FIELDS``); a test checks that every domain field is one or the other.
-_FROM_STORED: Final[Mapping[str, tuple[int, Callable[[str, dict[str, Any]], Payload]]]] = {
-    "PartyRegistered": (1, _party),
-    "AccountOpened": (1, _opened),
-    "AccountClosed": (1, _closed),
-    "TransferCommitted": (1, _transfer),
-    "PendingTransferResolved": (1, _resolved),
-    "PendingTransferExpired": (1, _expired),
+def _iso(value: Any) -> str:
+    return _time(value).isoformat()
+
+
+def _deposit(aid: str, s: dict[str, Any]) -> DepositRequestedV1:
+    return DepositRequestedV1(aid, _uuid(s["wallet_id"]), s["amount_centavos"], s["expires_in_s"], s["txid"], s["psp"],
+                              _iso(s["charge_created_at"]))
+
+
+def _pix_received(aid: str, s: dict[str, Any]) -> PixReceivedV1:
+    return PixReceivedV1(aid, s["end_to_end_id"], s["psp"], s["txid"], s["amount_centavos"], _iso(s["processed_at"]),
+                         s["source"], _uuid(s["transfer_id"]), _uuid(s["credit_account_id"]),
+                         _opt_uuid(s["deposit_id"]), s["suspense_reason"])
+
+
+def _item_opened(aid: str, s: dict[str, Any]) -> ReconciliationItemOpenedV1:
+    return ReconciliationItemOpenedV1(aid, s["end_to_end_id"], s["reason"], s["amount_centavos"],
+                                      _uuid(s["account_id"]))
+
+
+def _item_resolved(aid: str, s: dict[str, Any]) -> ReconciliationItemResolvedV1:
+    return ReconciliationItemResolvedV1(aid, s["resolution"], _opt_uuid(s["wallet_id"]), s["amount_centavos"],
+                                        _opt_uuid(s["transfer_id"]))
+
+
+def _withdrawal(aid: str, s: dict[str, Any]) -> WithdrawalRequestedV1:
+    return WithdrawalRequestedV1(aid, _uuid(s["wallet_id"]), s["amount_centavos"], s["pix_key_type"], s["payment_id"],
+                                 _uuid(s["hold_id"]))
+
+
+def _withdrawal_completed(aid: str, s: dict[str, Any]) -> WithdrawalCompletedV1:
+    return WithdrawalCompletedV1(aid, s["psp"], s["end_to_end_id"], _uuid(s["transfer_id"]))
+
+
+def _withdrawal_failed(aid: str, s: dict[str, Any]) -> WithdrawalFailedV1:
+    return WithdrawalFailedV1(aid, s["psp"], s["reason"], _uuid(s["transfer_id"]))
+
+
+def _refund_requested(aid: str, s: dict[str, Any]) -> PixRefundRequestedV1:
+    return PixRefundRequestedV1(aid, s["end_to_end_id"], s["psp"], s["refund_id"], s["amount_centavos"],
+                                _uuid(s["hold_id"]), _uuid(s["source_account_id"]), s["requested_by"])
+
+
+def _refund_concluded(aid: str, s: dict[str, Any]) -> PixRefundConcludedV1:
+    return PixRefundConcludedV1(aid, s["status"], s["return_id"], s["reason"], _uuid(s["transfer_id"]))
+
+
+def _opened_v1(aid: str, s: dict[str, Any]) -> AccountOpenedV1:
+    # Stored v1 predates owners (the domain's upcaster sets None, and so does the contract).
+    return AccountOpenedV1(aid, s["ledger"], s["code"], s["flags"], s["reference"], None)
+
+
+#: (domain event class, stored class version) -> payload builder. Every stored version the event store may hold
+#: maps to the current integration version of that type: storage evolves (upcasters), the contract stays put. Fields
+#: of the stored state that a builder does not read are withheld on purpose (``WITHHELD_FIELDS``); a test checks
+#: that every domain field is published or withheld, and that every domain class version is listed here.
+STORED_VERSIONS: Final[Mapping[tuple[str, int], Callable[[str, dict[str, Any]], Payload]]] = {
+    ("PartyRegistered", 1): _party,
+    ("AccountOpened", 1): _opened_v1,
+    ("AccountOpened", 2): _opened,
+    ("AccountClosed", 1): _closed,
+    ("TransferCommitted", 1): _transfer,
+    ("PendingTransferResolved", 1): _resolved,
+    ("PendingTransferExpired", 1): _expired,
+    ("DepositRequested", 1): _deposit,
+    ("PixReceived", 1): _pix_received,
+    ("ReconciliationItemOpened", 1): _item_opened,
+    ("ReconciliationItemResolved", 1): _item_resolved,
+    ("WithdrawalRequested", 1): _withdrawal,
+    ("WithdrawalCompleted", 1): _withdrawal_completed,
+    ("WithdrawalFailed", 1): _withdrawal_failed,
+    ("PixRefundRequested", 1): _refund_requested,
+    ("PixRefundConcluded", 1): _refund_concluded,
 }
+#: The integration version each type is published at.
+PUBLISHED_VERSION: Final[Mapping[str, int]] = {name: version for name, version in EVENT_VERSIONS}
 
 #: Domain fields deliberately not published: personal data (ADR 0003) and idempotency internals.
 WITHHELD_FIELDS: Final[Mapping[str, frozenset[str]]] = {
     "PartyRegistered": frozenset({"key", "payload_hash", "name", "document", "email", "phone"}),
     "TransferCommitted": frozenset({"payload_hash"}),
+    "DepositRequested": frozenset({"key", "payload_hash", "pix_copia_e_cola", "location"}),
+    "WithdrawalRequested": frozenset({"key", "payload_hash", "pix_key"}),
+    "PixRefundRequested": frozenset({"key", "payload_hash", "description"}),
 }
 
 
@@ -461,37 +684,41 @@ class LogDecoder:
         self.chain_hash = previous_chain_hash
 
     def decode(self, record: StoredRecord) -> IntegrationEvent:
-        module, _, type_name = record.topic.partition(":")
-        entry = _FROM_STORED.get(type_name) if module == _DOMAIN_MODULE else None
-        if entry is None:
-            raise UnknownEventType(f"log record {record.id} has topic {record.topic!r}, unknown to the contract")
-        class_version, build = entry
+        return self.decode_row(record.id, record.originator_id, record.originator_version, record.topic,
+                               record.state)
+
+    def decode_row(self, position: int, originator_id: Any, originator_version: int, topic: str,
+                   stored_state: bytes) -> IntegrationEvent:
+        """``decode`` for a record given as its fields (what a bulk reader of the log has)."""
+        module, _, type_name = topic.partition(":")
+        if module != _DOMAIN_MODULE or type_name not in PUBLISHED_VERSION:
+            raise UnknownEventType(f"log record {position} has topic {topic!r}, unknown to the contract")
         try:
-            state = _decode_state(record.state.decode())
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise MalformedEvent(f"log record {record.id} is not the ledger's JSON: {exc}") from None
+            state = _decode_state(stored_state.decode())
+        except (ValueError, UnicodeDecodeError, AttributeError) as exc:
+            raise MalformedEvent(f"log record {position} is not the ledger's JSON: {exc}") from None
         stored_version = state.get("class_version", 1)
-        if stored_version != class_version:
+        build = STORED_VERSIONS.get((type_name, stored_version))
+        if build is None:
             raise UnsupportedEventVersion(
-                f"log record {record.id}: {type_name} class version {stored_version} (contract knows "
-                f"{class_version})"
+                f"log record {position}: {type_name} stored at class version {stored_version}, which the contract "
+                "does not map yet"
             )
-        aggregate_id = str(record.originator_id)
+        aggregate_id = str(originator_id)
         try:
             payload = build(aggregate_id, state)
             event = IntegrationEvent(
-                event_id=event_id_for(aggregate_id, record.originator_version),
                 type=type_name,
-                version=1,
+                version=PUBLISHED_VERSION[type_name],
                 aggregate_id=aggregate_id,
-                aggregate_version=record.originator_version,
-                position=record.id,
-                recorded_at=datetime.fromisoformat(state["timestamp"]),
+                aggregate_version=originator_version,
+                position=position,
+                recorded_at=_time(state["timestamp"]),
                 chain_hash=state["chain_hash"],
                 previous_chain_hash=self.chain_hash,
                 payload=payload,
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise MalformedEvent(f"log record {record.id} ({type_name}): {exc!r}") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise MalformedEvent(f"log record {position} ({type_name}): {exc!r}") from None
         self.chain_hash = event.chain_hash
         return event

@@ -25,6 +25,7 @@ from ledger import errors
 from ledger.chart import REQUIRED_FLAGS, AccountCode, AccountFlags
 from ledger.events import (
     EVENT_TYPES,
+    PIX_EVENT_TYPES,
     AccountClosed,
     AccountOpened,
     Balances,
@@ -45,6 +46,7 @@ from ledger.limits import (
 )
 from ledger.money import check_amount
 from ledger.parties import Party, RegisterParty, wallet_id_for_party
+from ledger.pix_state import PixState
 
 #: Transfer ids are derived from idempotency keys, so the store's unique key enforces "one key, one transfer".
 TRANSFER_ID_NAMESPACE = UUID("7d1b6c2e-3f0a-5b8e-9c4d-2a6f1e0b9d73")
@@ -283,6 +285,8 @@ class LedgerState:
         self.index_complete = True
         self.chain_hash = GENESIS_CHAIN_HASH
         self.position = 0
+        #: Deposits, received Pix, withdrawals and devoluções (ledger.pix_state), evolved by PIX events only.
+        self.pix = PixState()
         self._journal: list[Callable[[], None]] | None = None
 
     # ---- undo journal -------------------------------------------------------------------------------------
@@ -376,6 +380,8 @@ class LedgerState:
             assert account.version + 1 == event.originator_version
             self._touch_account(account)
             account.flags, account.version = event.flags, event.originator_version
+        elif type(event).__name__ in PIX_EVENT_TYPES:
+            self.pix.apply(event, position, self._record_undo)
         else:  # pragma: no cover - a new event type must be handled here before it is ever written
             raise AssertionError(f"unknown ledger event {type(event).__name__}")
 
@@ -477,6 +483,8 @@ class LedgerState:
         entry = self.transfers.get(transfer_id)
         if entry is not None:
             entry.position = position
+        else:
+            self.pix.set_position(transfer_id, position)
 
     # ---- invariants ---------------------------------------------------------------------------------------
     def check_invariants(self) -> None:
@@ -494,6 +502,7 @@ class LedgerState:
         assert totals[1] == totals[3], "posted debits != posted credits"
         pending_total = sum(p.amount_centavos for p in self.pending.values())
         assert pending_total == totals[0], "open pending transfers do not add up to the pending balances"
+        self.pix.check_invariants(self.pending.keys())
 
     def customer_funds_segregated(self) -> bool:
         """Customer wallets plus escrow never exceed what the PIX settlement account holds (DESIGN §2)."""
@@ -514,6 +523,7 @@ class LedgerState:
             sorted(repr(p.row()) for p in self.pending.values()),
             sorted(repr(p.row()) for p in self.parties.values()),
             self.chain_hash,
+            self.pix.fingerprint(),
         )
 
 

@@ -234,3 +234,73 @@ class PixGateway(Protocol):
     def breaker_states(self) -> dict[str, str]:
         """Each PSP's circuit breaker state: ``closed``, ``open`` or ``half-open``."""
         ...
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# PIX webhook inbox (ADR 0009): where received-Pix notifications are stored durably before anything is credited.
+# The adapter lives in infra/pix_inbox.py (Postgres).
+
+from collections.abc import Sequence as _Sequence  # noqa: E402
+
+
+@dataclass(frozen=True, slots=True)
+class NotifiedPix:
+    """What a notification said of one Pix (validated): nothing is credited on it, it is compared with what the
+    PSP confirms, and its ``processed_at`` (``horario``) tells where to look in the PSP's list."""
+
+    end_to_end_id: str
+    amount_centavos: int
+    processed_at: datetime
+    txid: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class InboxDelivery:
+    """One webhook POST as received: the PSP it came from, its delivery id header, the raw body (kept for audit),
+    and each Pix it notified."""
+
+    psp: str
+    delivery_id: str | None
+    body: bytes
+    items: tuple[NotifiedPix, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class InboxEntry:
+    """A notified Pix waiting to be confirmed with its PSP and credited (``attempts`` so far)."""
+
+    psp: str
+    notified: NotifiedPix
+    attempts: int
+
+    @property
+    def end_to_end_id(self) -> str:
+        return self.notified.end_to_end_id
+
+
+class PixInbox(Protocol):
+    """Durable store of webhook deliveries and of the Pix they notify, one row per endToEndId (a duplicate
+    notification adds nothing). Every method raises ``LedgerUnavailable`` when the store cannot be reached."""
+
+    def ensure_schema(self) -> None: ...
+
+    def append(self, deliveries: _Sequence[InboxDelivery]) -> set[str]:
+        """Stores the deliveries and their Pix in one transaction; returns the endToEndIds that were new."""
+        ...
+
+    def due(self, limit: int) -> list[InboxEntry]:
+        """Pix still to be processed whose next attempt is due, oldest first."""
+        ...
+
+    def finish(self, outcomes: _Sequence[tuple[str, str, str | None]]) -> None:
+        """Marks Pix done: ``(endToEndId, status, note)``, status ``credited``, ``suspense``, ``rejected`` (the PSP
+        does not know it), ``invalid`` (the PSP's own answer breaks the spec) or ``conflict``."""
+        ...
+
+    def retry(self, retries: _Sequence[tuple[str, str, float]]) -> None:
+        """Schedules another attempt: ``(endToEndId, why the last one failed, delay in seconds)``."""
+        ...
+
+    def pending_count(self) -> int:
+        """How many notified Pix are not processed yet."""
+        ...

@@ -12,6 +12,7 @@ and the state is reloaded from the store before the next batch.
 
 from __future__ import annotations
 
+import gc
 import logging
 import queue
 import threading
@@ -29,6 +30,7 @@ from ledger.events import LedgerEvent
 from ledger.limits import (
     CHECKPOINT_EVENTS_INTERVAL,
     COMMAND_TIMEOUT_S_MAX,
+    GC_FREEZE_EVENTS_INTERVAL,
     GROUP_COMMIT_COMMANDS_MAX,
     GROUP_COMMIT_EVENTS_MAX,
     GROUP_COMMIT_WAIT_MS_MAX,
@@ -51,9 +53,23 @@ from ledger.model import (
     result_of,
 )
 from ledger.parties import Party, RegisterParty
+from ledger.pix_flows import PIX_COMMANDS, PixCommand, ReadPix
+from ledger.pix_flows import decide as decide_pix
+from ledger.pix_flows import read as read_pix
+from ledger.pix_flows import replay as replay_pix
+from ledger.pix_flows import with_position as pix_with_position
 from ledger.ports import TransferLookup, WriterLease
 
 log = logging.getLogger(__name__)
+
+#: How long stopping waits for a checkpoint being saved in the background (it is only an optimisation).
+CHECKPOINT_JOIN_S_MAX = 60.0
+#: A background checkpoint sleeps this long between chunks, so the threads serving requests keep the interpreter.
+CHECKPOINT_PAUSE_S = 0.005
+
+
+def _yield_interpreter() -> None:
+    time.sleep(CHECKPOINT_PAUSE_S)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +92,14 @@ class PartyResult:
     replayed: bool = False
 
 
+#: Everything the writer accepts: ledger and PIX commands (state changes) and consistent reads.
+WriterCommand = Command | PixCommand | ReadAccounts | ReadParties | ReadPix
+_LEDGER_COMMANDS = (OpenAccount, CloseAccount, CreateTransfer, CreateLinkedTransfers, RegisterParty)
+
+
 @dataclass(slots=True)
 class _Submission:
-    command: Command | ReadAccounts | ReadParties
+    command: WriterCommand
     future: Future[Any]
 
 
@@ -121,6 +142,7 @@ class LedgerWriter:
         commands_max: int = GROUP_COMMIT_COMMANDS_MAX,
         wait_ms: float = GROUP_COMMIT_WAIT_MS_MAX,
         checkpoint_interval: int = CHECKPOINT_EVENTS_INTERVAL,
+        checkpoint_in_background: bool = False,
     ) -> None:
         assert 0 < commands_max <= GROUP_COMMIT_COMMANDS_MAX
         assert 0 <= wait_ms <= GROUP_COMMIT_WAIT_MS_MAX
@@ -131,11 +153,16 @@ class LedgerWriter:
         self.commands_max = commands_max
         self.wait_s = wait_ms / 1000
         self.checkpoint_interval = checkpoint_interval
+        #: Build and save checkpoints on a thread of their own (the writer only captures the state): for processes
+        #: that serve requests, where encoding a large state in the writer thread would stall every answer.
+        self.checkpoint_in_background = checkpoint_in_background
+        self._checkpointer: threading.Thread | None = None
         self._queue: queue.Queue[_Submission | None] = queue.Queue(maxsize=WRITER_QUEUE_DEPTH_MAX)
         self._thread: threading.Thread | None = None
         self._epoch: int | None = None
         self._state: LedgerState | None = None
         self._last_checkpoint = 0
+        self._unfrozen_events = 0
         self._stats = [0, 0, 0]
         self.fatal: BaseException | None = None
 
@@ -150,6 +177,7 @@ class LedgerWriter:
             raise
         checkpoint = self.app.latest_checkpoint()
         self._last_checkpoint = checkpoint.position if checkpoint else 0
+        gc.freeze()  # the state just loaded lives as long as the writer
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
         self._thread.start()
         return self
@@ -160,6 +188,9 @@ class LedgerWriter:
             self._queue.put(None)
             self._thread.join()
             self._thread = None
+        if self._checkpointer is not None:  # a checkpoint being saved finishes under this writer's lease
+            self._checkpointer.join(CHECKPOINT_JOIN_S_MAX)
+            self._checkpointer = None
         self.lease.release()
 
     def __enter__(self) -> LedgerWriter:
@@ -179,7 +210,7 @@ class LedgerWriter:
         return WriterStats(batches, commands, events, self._state.position if self._state else 0)
 
     # ---- the calls ------------------------------------------------------------------------------------------
-    def submit(self, command: Command | ReadAccounts | ReadParties) -> Future[Any]:
+    def submit(self, command: WriterCommand) -> Future[Any]:
         """Queues a command; the future gets its result or its ``LedgerError`` once its batch committed."""
         future: Future[Any] = Future()
         if self.fatal is not None or self._thread is None:
@@ -191,7 +222,7 @@ class LedgerWriter:
             future.set_exception(errors.LedgerOverloaded("the ledger is overloaded; retry with the same key"))
         return future
 
-    def execute(self, command: Command | ReadAccounts | ReadParties, timeout_s: float = COMMAND_TIMEOUT_S_MAX) -> Any:
+    def execute(self, command: WriterCommand, timeout_s: float = COMMAND_TIMEOUT_S_MAX) -> Any:
         """Submits and waits. Raises the command's ``LedgerError``; ``LedgerUnavailable`` on timeout."""
         future = self.submit(command)
         try:
@@ -348,7 +379,7 @@ class LedgerWriter:
 
     def _recall_transfers(self, state: LedgerState, batch: list[_Submission]) -> None:
         unknown = {
-            i for i in flatten_ids(s.command for s in batch if not isinstance(s.command, ReadAccounts | ReadParties))
+            i for i in flatten_ids(s.command for s in batch if isinstance(s.command, _LEDGER_COMMANDS))
             if i not in state.transfers
         }
         if unknown:
@@ -383,6 +414,7 @@ class LedgerWriter:
                 state.position = max(state.position, position)
             self._stats[2] += len(events)
         state.trim_index()
+        self._freeze_heap(len(events))
         self._stats[0] += 1
         self._stats[1] += len(done)
         for submission, build in done:
@@ -390,12 +422,45 @@ class LedgerWriter:
         if state.position - self._last_checkpoint >= self.checkpoint_interval:
             self._checkpoint(state)
 
+    def _freeze_heap(self, new_events: int) -> None:
+        """Moves what the writer keeps (state, index) out of the cyclic garbage collector's reach.
+
+        The index holds several tracked objects per transfer; without this, every full collection walks all of
+        them and pauses every thread for hundreds of milliseconds once the ledger holds 10⁵ transfers. Frozen
+        objects are still freed by reference counting; only cyclic garbage created before a freeze is never
+        collected, and the writer's state has no cycles.
+        """
+        self._unfrozen_events += new_events
+        if self._unfrozen_events >= GC_FREEZE_EVENTS_INTERVAL:
+            gc.freeze()
+            self._unfrozen_events = 0
+
     def _checkpoint(self, state: LedgerState) -> None:
+        if self.checkpoint_in_background:
+            self._checkpoint_in_background(state)
+            return
         try:
             self.app.write_checkpoint(state)
             self._last_checkpoint = state.position
         except Exception as exc:  # a checkpoint is an optimisation; the log stays the truth
             log.warning("ledger checkpoint at %d not written: %r", state.position, exc)
+
+    def _checkpoint_in_background(self, state: LedgerState) -> None:
+        """Captures the state now (cheap copies) and builds and saves the checkpoint on another thread; one at a
+        time (while one is being saved, later batches do not start another)."""
+        if self._checkpointer is not None and self._checkpointer.is_alive():
+            return
+        build, position = self.app.capture_checkpoint(state, pause=_yield_interpreter), state.position
+
+        def save() -> None:
+            try:
+                self.app.save_checkpoint(build())
+                self._last_checkpoint = position
+            except Exception as exc:  # a checkpoint is an optimisation; the log stays the truth
+                log.warning("ledger checkpoint at %d not written: %r", position, exc)
+
+        self._checkpointer = threading.Thread(target=save, name="ledger-checkpoint", daemon=True)
+        self._checkpointer.start()
 
     def _reload(self) -> None:
         while True:
@@ -409,7 +474,7 @@ class LedgerWriter:
 
     # ---- deciding one command -------------------------------------------------------------------------------
     def _decide(
-        self, decider: Decider, command: Command | ReadAccounts | ReadParties, now: datetime
+        self, decider: Decider, command: WriterCommand, now: datetime
     ) -> tuple[list[LedgerEvent], Builder]:
         """Events of one command (already applied to the state) and how to build its result after commit."""
         state = decider.state
@@ -419,6 +484,11 @@ class LedgerWriter:
         if isinstance(command, ReadParties):
             parties = {i: replace(state.parties[i]) for i in command.party_ids if i in state.parties}
             return [], lambda _: parties
+        if isinstance(command, ReadPix):
+            snapshot = read_pix(state, command)
+            return [], lambda _: snapshot
+        if isinstance(command, PIX_COMMANDS):
+            return self._decide_pix(decider, command, now)
         if isinstance(command, CreateTransfer):
             return self._decide_linked(decider, (command,), now, None, single=True)
         if isinstance(command, CreateLinkedTransfers):
@@ -436,6 +506,23 @@ class LedgerWriter:
         account = replace(state.accounts[decided.originator_id])
         account_id = decided.originator_id
         return [decided], lambda positions: AccountResult(account, position=positions.get(account_id))
+
+    @staticmethod
+    def _decide_pix(decider: Decider, command: PixCommand, now: datetime) -> tuple[list[LedgerEvent], Builder]:
+        """A PIX flow (ledger.pix_flows): a replay, or its transfers and PIX event under one undo journal, so a
+        refused command leaves nothing behind for its batch-mates."""
+        state = decider.state
+        replayed = replay_pix(state, command)
+        if replayed is not None:
+            return [], lambda _: pix_with_position(state, replayed)
+        state.begin()
+        try:
+            events, build = decide_pix(decider, command, now)
+        except errors.LedgerError:
+            state.rollback()
+            raise
+        state.commit()
+        return events, build
 
     def _decide_party(
         self, decider: Decider, command: RegisterParty, now: datetime

@@ -24,9 +24,11 @@ from commands.api.limits import IDEMPOTENCY_KEY_LENGTH_MAX
 from commands.api.metrics import CallbackCollector, build_metrics
 from commands.api.middleware import EdgeMiddleware
 from commands.api.ratelimit import RateLimiter
-from commands.api.routers import accounts, holds, ops, parties, transfers
+from commands.api.routers import accounts, holds, ops, parties, pix, transfers, webhooks
 from commands.api.settings import ApiSettings
 from commands.bootstrap import LedgerRuntime, build_ledger
+from commands.pix_metrics import BreakerCollector, build_pix_metrics
+from commands.pix_runtime import PixRuntime
 from infra.settings import load_settings
 
 log = logging.getLogger(__name__)
@@ -52,11 +54,13 @@ def create_app(settings: ApiSettings, runtime: LedgerRuntime | None = None) -> F
     ``settings.pg_dsn``. Raises ``UnsafeConfiguration`` for development credentials outside development."""
     metrics = build_metrics()
     context = ApiContext(settings=settings, verifier=verifier_for(settings), limiter=RateLimiter(settings, metrics),
-                         metrics=metrics)
+                         metrics=metrics, pix=_pix_runtime(settings, metrics.registry))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        ledger_runtime = runtime or await asyncio.to_thread(build_ledger, settings.pg_dsn, start=False)
+        # Checkpoints are built and saved off the writer thread: a large state would otherwise stall every answer.
+        ledger_runtime = runtime or await asyncio.to_thread(build_ledger, settings.pg_dsn, start=False,
+                                                            checkpoint_in_background=True)
         try:
             await asyncio.to_thread(ledger_runtime.writer.start)
         except BaseException:
@@ -65,15 +69,19 @@ def create_app(settings: ApiSettings, runtime: LedgerRuntime | None = None) -> F
         from commands.api.gateway import LedgerGateway
 
         context.ledger = LedgerGateway(ledger_runtime.writer)
-        await context.limiter.start()
+        try:
+            if context.pix is not None:
+                await context.pix.start(context.ledger)
+            await context.limiter.start()
+        except BaseException:
+            await _stop(context, ledger_runtime)
+            raise
         log.info("command API ready: ledger at position %d, rate limits in %s",
                  context.ledger.position(), context.limiter.backend)
         try:
             yield
         finally:
-            context.ledger = None
-            await context.limiter.close()
-            await asyncio.to_thread(ledger_runtime.close)
+            await _stop(context, ledger_runtime)
 
     app = FastAPI(title="Razão command API", version=API_VERSION, description=DESCRIPTION, lifespan=lifespan,
                   openapi_url="/openapi.json", docs_url="/docs", redoc_url="/redoc",
@@ -81,10 +89,35 @@ def create_app(settings: ApiSettings, runtime: LedgerRuntime | None = None) -> F
     app.state.api = context
     for router in (parties.router, accounts.router, transfers.router, holds.router, ops.router):
         app.include_router(router)
+    if context.pix is not None:
+        app.include_router(pix.router)
+        app.include_router(webhooks.router)
     app.add_middleware(EdgeMiddleware, metrics=metrics)
+    if context.pix is not None:  # outermost: the webhook skips the rest of the stack (routers/webhooks.py)
+        app.add_middleware(webhooks.WebhookFastPath, context=context, metrics=metrics)
     metrics.registry.register(CallbackCollector(lambda: _runtime_metrics(context)))
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _pix_runtime(settings: ApiSettings, registry: Any) -> PixRuntime | None:
+    """The PIX side when enabled (``RAZAO_PIX_ENABLED``): options now, adapters when the lifespan starts it."""
+    if not settings.pix_enabled:
+        return None
+    from commands.pix_bootstrap import pix_adapters, pix_options
+
+    runtime = PixRuntime(pix_options(settings), build_pix_metrics(registry), lambda: pix_adapters(settings))
+    registry.register(BreakerCollector(runtime.breaker_states, runtime.pending))
+    return runtime
+
+
+async def _stop(context: ApiContext, ledger_runtime: LedgerRuntime) -> None:
+    """Stops what runs, in reverse order: PIX (it submits to the ledger), the limiter, then the ledger writer."""
+    if context.pix is not None:
+        await context.pix.stop()
+    context.ledger = None
+    await context.limiter.close()
+    await asyncio.to_thread(ledger_runtime.close)
 
 
 def _runtime_metrics(context: ApiContext) -> dict[str, tuple[str, str, float]]:

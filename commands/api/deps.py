@@ -16,6 +16,7 @@ from commands.api.limits import IDEMPOTENCY_KEY_LENGTH_MAX
 from commands.api.metrics import ApiMetrics
 from commands.api.ratelimit import RateLimiter
 from commands.api.settings import ApiSettings
+from commands.pix_runtime import PixRuntime
 
 #: Visible ASCII only: a key travels in a header and is stored in the ledger's key.
 IDEMPOTENCY_KEY_PATTERN: Final = re.compile(rf"\A[\x21-\x7e]{{1,{IDEMPOTENCY_KEY_LENGTH_MAX}}}\Z")
@@ -36,6 +37,8 @@ class ApiContext:
     limiter: RateLimiter
     metrics: ApiMetrics
     ledger: LedgerGateway | None = None
+    #: The PIX side (commands.pix_runtime), when enabled; its routes exist only then.
+    pix: PixRuntime | None = None
 
 
 # Every dependency is `async def`: FastAPI runs a plain `def` dependency in its threadpool, a thread hop per
@@ -121,10 +124,18 @@ async def _optional_idempotency_key(
     return idempotency_key
 
 
+async def pix_runtime(request: Request) -> PixRuntime:
+    runtime = _context_of(request).pix
+    if runtime is None or runtime.ledger is None:
+        raise ApiError("API_NOT_READY", "PIX is not running yet")
+    return runtime
+
+
 IdempotencyKey = Annotated[str, Depends(_idempotency_key)]
 OptionalIdempotencyKey = Annotated[str | None, Depends(_optional_idempotency_key)]
 Ledger = Annotated[LedgerGateway, Depends(ledger_gateway)]
 Context = Annotated[ApiContext, Depends(api_context)]
+Pix = Annotated[PixRuntime, Depends(pix_runtime)]
 
 # Who may call what (the matrix is in docs/api.md).
 Onboarder = Annotated[Principal, access(*WRITERS, money=False, action="onboard parties")]
@@ -134,5 +145,12 @@ AccountReader = Annotated[Principal, access(*READERS, *CUSTOMERS, money=False, a
 WalletCloser = Annotated[Principal, access(*WRITERS, *CUSTOMERS, money=True, action="close wallets")]
 Payer = Annotated[Principal, access(*WRITERS, *CUSTOMERS, money=True, action="move money")]
 Mover = Annotated[Principal, access(*WRITERS, money=True, action="move money in batches or holds")]
+# PIX: customers deposit to and withdraw from their own wallet; staff act on any wallet and on received Pix.
+Depositor = Annotated[Principal, access(*WRITERS, *CUSTOMERS, money=True, action="ask for deposits")]
+Withdrawer = Annotated[Principal, access(*WRITERS, *CUSTOMERS, money=True, action="withdraw")]
+PixReader = Annotated[Principal, access(*READERS, *CUSTOMERS, money=False, action="read deposits and withdrawals")]
+ReceivedReader = Annotated[Principal, access(*READERS, money=False, action="read received Pix")]
+Refunder = Annotated[Principal, access(*WRITERS, money=True, action="return received Pix")]
+Reconciler = Annotated[Principal, access(*WRITERS, money=False, action="reconcile received Pix")]
 
 __all__ = ["ApiContext", "ApiMetrics", "IdempotencyKey", "Ledger", "Principal"]

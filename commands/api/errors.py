@@ -22,6 +22,7 @@ from starlette.responses import Response
 
 from ledger import errors as ledger_errors
 from ledger.money import format_amount
+from ledger.pix import InvalidPixPayload
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +85,35 @@ API_ERRORS: dict[str, ErrorSpec] = {
     "API_NOT_READY": ErrorSpec(503, "Service not ready"),
 }
 
-ERROR_TABLE: dict[str, ErrorSpec] = {**LEDGER_ERRORS, **API_ERRORS}
+#: PIX errors (ledger.pix, ledger.pix_flows, the gateway port, and the webhook's own checks). Malformed keys,
+#: payloads and amounts 400; unknown Pix 404; a PSP that refuses or misbehaves 502; a PSP that does not answer 503
+#: (retry with the same key: a charge is made idempotently by its txid).
+PIX_ERRORS: dict[str, ErrorSpec] = {
+    "PIX_INVALID_KEY": ErrorSpec(400, "Invalid Pix key"),
+    "PIX_INVALID_PAYLOAD": ErrorSpec(400, "Pix payload violates the spec"),
+    "PIX_WEBHOOK_SIGNATURE_INVALID": ErrorSpec(401, "Webhook signature invalid"),
+    "PIX_WEBHOOK_PSP_MISMATCH": ErrorSpec(403, "Webhook PSP identity mismatch"),
+    "PIX_RECEIVED_NOT_FOUND": ErrorSpec(404, "Received Pix not found"),
+    "PIX_WITHDRAWAL_NOT_FOUND": ErrorSpec(404, "Withdrawal not found"),
+    "PIX_REFUND_NOT_FOUND": ErrorSpec(404, "Devolução not found"),
+    "PIX_ALREADY_SETTLED": ErrorSpec(409, "Already settled"),
+    "PIX_NOT_IN_SUSPENSE": ErrorSpec(409, "Pix not in suspense"),
+    "PIX_REFUND_IN_PROGRESS": ErrorSpec(409, "Devolução in progress"),
+    "PIX_PAYMENT_ID_CONFLICT": ErrorSpec(409, "Payment id used for another payment"),
+    "PIX_REFUND_EXCEEDS_ORIGINAL": ErrorSpec(422, "Devolução exceeds the original Pix"),
+    "PIX_REFUND_WINDOW_CLOSED": ErrorSpec(422, "Devolução window closed"),
+    "PIX_GATEWAY_ERROR": ErrorSpec(502, "PSP error"),
+    "PIX_PSP_NOT_FOUND": ErrorSpec(502, "PSP does not know the object"),
+    "PIX_PSP_REJECTED": ErrorSpec(502, "PSP refused the request"),
+    "PIX_PSP_UNAVAILABLE": ErrorSpec(503, "PSP unavailable"),
+}
+
+ERROR_TABLE: dict[str, ErrorSpec] = {**LEDGER_ERRORS, **API_ERRORS, **PIX_ERRORS}
 assert not LEDGER_ERRORS.keys() & API_ERRORS.keys()
+assert not (LEDGER_ERRORS.keys() | API_ERRORS.keys()) & PIX_ERRORS.keys()
 
 _RETRYABLE = frozenset({"LEDGER_UNAVAILABLE", "LEDGER_OVERLOADED", "LEDGER_WRITER_BUSY", "LEDGER_WRITER_FENCED",
-                        "API_NOT_READY"})
+                        "API_NOT_READY", "PIX_PSP_UNAVAILABLE"})
 
 #: Ledger field names as the API calls them (the ledger speaks centavos and pending transfers).
 API_FIELD_NAMES: dict[str, str] = {
@@ -117,7 +142,7 @@ class ApiError(Exception):
         self, code: str, detail: str, *, violations: Sequence[Mapping[str, str]] | None = None,
         headers: Mapping[str, str] | None = None, **extra: Any,
     ) -> None:
-        assert code in API_ERRORS or code in LEDGER_ERRORS, code
+        assert code in ERROR_TABLE, code
         super().__init__(detail)
         self.code = code
         self.detail = detail
@@ -179,6 +204,9 @@ def client_key(namespaced_key: str) -> str:
 def ledger_problem(exc: ledger_errors.LedgerError, request: Request) -> Response:
     extra = ledger_context(exc.context)
     detail = exc.detail
+    if isinstance(exc, InvalidPixPayload):  # every violation, with its path in the document
+        violations = [{"field": v.path or "body", "message": v.message} for v in exc.violations]
+        return problem_response(exc.code, detail, request.url.path, violations=violations, extra=extra)
     if isinstance(exc, ledger_errors.IdempotencyConflict):
         field = extra.get("field", "body")
         extra.setdefault("field", field)

@@ -18,9 +18,9 @@ from uuid import UUID
 
 from commands.api.limits import LEDGER_WAIT_S_MAX, READINESS_TIMEOUT_S
 from ledger import errors
-from ledger.model import Account, Command
+from ledger.model import Account
 from ledger.parties import Party
-from ledger.writer import LedgerWriter, ReadAccounts, ReadParties
+from ledger.writer import LedgerWriter, ReadAccounts, ReadParties, WriterCommand
 
 
 def _settle(waiter: asyncio.Future[Any], done: concurrent.futures.Future[Any]) -> None:
@@ -39,8 +39,7 @@ class LedgerGateway:
     def __init__(self, writer: LedgerWriter) -> None:
         self.writer = writer
 
-    async def execute(self, command: Command | ReadAccounts | ReadParties,
-                      timeout_s: float = LEDGER_WAIT_S_MAX) -> Any:
+    async def execute(self, command: WriterCommand, timeout_s: float = LEDGER_WAIT_S_MAX) -> Any:
         """The command's result once committed; its ``LedgerError`` otherwise.
 
         Raises ``LedgerUnavailable`` when no answer comes in time (the outcome is then unknown: retrying with

@@ -16,6 +16,8 @@ DEFAULT_PORT = 8080
 #: Pending connections the kernel queues while the loop is busy; bursts of thousands of clients are expected.
 BACKLOG_CONNECTIONS_MAX = 4096
 GRACEFUL_SHUTDOWN_S = 10
+#: The webhook URL template registered at the PSPs (they append ``/pix``), relative to this server.
+WEBHOOK_PATH = "/v1/webhooks/psp/{psp}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,8 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = load_api_settings()
+    if settings.pix_enabled and not settings.pix_webhook_url:
+        # PSPs post to this server itself unless a proxy's public URL is configured (RAZAO_PIX_WEBHOOK_URL).
+        settings = settings.model_copy(update={"pix_webhook_url": f"http://{args.host}:{args.port}{WEBHOOK_PATH}"})
     try:
-        app = create_app(load_api_settings())
+        app = create_app(settings)
     except UnsafeConfiguration as exc:
         print(f"razao api: {exc}", file=sys.stderr)
         return 2

@@ -46,6 +46,26 @@ class ApiSettings(BaseSettings):
     api_rate_limit_address_money: str = "500/second"
     api_rate_limit_key_prefix: str = Field(default="razao-api", pattern=r"^[A-Za-z0-9:_-]{1,64}$")
 
+    # PIX (ADR 0009). Off unless enabled: PIX needs PSPs (``RAZAO_PSP_*``, the sandboxes of `razao up` by default),
+    # and an API without them must not claim webhook routes. `razao up` enables it.
+    pix_enabled: bool = False
+    #: Where PSPs post webhooks, ``{psp}`` standing for the PSP's name (they append ``/pix``). Empty: the server's
+    #: own address (``http://<host>:<port>/v1/webhooks/psp/{psp}``); behind a proxy, the proxy's public URL.
+    pix_webhook_url: str = ""
+    #: Lifetime of a deposit's charge (``calendario.expiracao``) unless the request names one.
+    pix_deposit_expiry_s: int = Field(default=3600, ge=60, le=30 * 24 * 3600)
+    #: Threads confirming received Pix with their PSP, and following payouts.
+    pix_confirm_workers: int = Field(default=16, ge=1, le=64)
+    pix_payout_workers: int = Field(default=8, ge=1, le=32)
+    #: Backoff cap between two looks at a withdrawal or devolução whose outcome is not final yet.
+    pix_payout_delay_s_max: float = Field(default=30.0, ge=0.2, le=30.0)
+    #: The inbox processor looks for due rows at least this often (it is also woken by every webhook).
+    pix_inbox_sweep_s: float = Field(default=1.0, gt=0, le=60)
+    #: Periodic reconciliation: every interval (0 = off), over the window ending lag seconds ago.
+    pix_reconcile_interval_s: float = Field(default=300.0, ge=0, le=86_400)
+    pix_reconcile_window_s: float = Field(default=7200.0, gt=0, le=31 * 86_400)
+    pix_reconcile_lag_s: float = Field(default=30.0, ge=0, le=86_400)
+
     @field_validator(
         "api_rate_limit_customer", "api_rate_limit_customer_money", "api_rate_limit_internal",
         "api_rate_limit_internal_money", "api_rate_limit_address", "api_rate_limit_address_money",

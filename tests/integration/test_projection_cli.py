@@ -1,0 +1,99 @@
+"""`razao projections rebuild|verify|status` and `razao relay status|rewind`, run as a person would run them."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from commands.bootstrap import build_ledger
+from infra.settings import Settings, drop_database, ensure_database, with_database
+from ledger.chart import REQUIRED_FLAGS, AccountCode
+from ledger.model import CreateTransfer, OpenAccount
+from projections.bootstrap import open_ledger_log
+from projections.rebuild import iter_events
+from projections.store import ProjectionStore
+
+
+@pytest.fixture
+def ledger_and_read(settings: Settings) -> Iterator[tuple[str, str, dict[str, str]]]:
+    suffix = uuid.uuid4().hex[:8]
+    ledger_dsn = with_database(settings.pg_dsn, f"razao_test_cli_{suffix}")
+    read_dsn = with_database(settings.pg_dsn, f"razao_test_cli_{suffix}_read")
+    ensure_database(ledger_dsn)
+    runtime = build_ledger(ledger_dsn)
+    try:
+        settlement, wallet = uuid.uuid4(), uuid.uuid4()
+        writer = runtime.writer
+        writer.open_account(OpenAccount(settlement, AccountCode.PIX_SETTLEMENT,
+                                        int(REQUIRED_FLAGS[AccountCode.PIX_SETTLEMENT])))
+        writer.open_account(OpenAccount(wallet, AccountCode.INVESTOR_WALLET,
+                                        int(REQUIRED_FLAGS[AccountCode.INVESTOR_WALLET])))
+        for n in range(40):
+            writer.transfer(CreateTransfer(f"cli-{n}", settlement, wallet, 100 + n))
+    finally:
+        runtime.close()
+    env = {**os.environ, "RAZAO_PG_DSN": ledger_dsn, "RAZAO_READ_PG_DSN": read_dsn}
+    yield ledger_dsn, read_dsn, env
+    drop_database(read_dsn)
+    drop_database(ledger_dsn)
+
+
+def test_rebuild_verify_and_status_from_the_command_line(razao, ledger_and_read) -> None:
+    ledger_dsn, read_dsn, env = ledger_and_read
+    # The live model, as a projector would have left it: everything but the last ten events.
+    log = open_ledger_log(ledger_dsn)
+    events = list(iter_events(log))
+    log.close()
+    ensure_database(read_dsn)
+    store = ProjectionStore(read_dsn)
+    store.ensure()
+    store.apply(events[:-10])
+    store.close()
+    status = razao("projections", "status", env=env)
+    assert f"position {events[-11].position} of {events[-1].position} (lag 10 positions)" in status.stdout
+
+    built = razao("projections", "rebuild", "--as-of", str(events[5].position), "--into", "audit", env=env)
+    assert f"6 events up to position {events[5].position}" in built.stdout
+    assert "rebuild audit" in built.stderr  # the progress bar
+    verified = razao("projections", "verify", "--schema", "audit", env=env)
+    assert "read models VERIFIED" in verified.stdout and f"position {events[-11].position}" in verified.stdout
+
+    with psycopg.connect(read_dsn, autocommit=True) as conn:
+        conn.execute("DELETE FROM live.entries WHERE position = %s", (events[-11].position,))
+    differ = razao("projections", "verify", "--schema", "audit", env=env, check=False)
+    assert differ.returncode == 1
+    assert "entries    DIFFERENT" in differ.stdout and "only rebuilt:" in differ.stdout
+
+    # Bad input is refused with a message, never a traceback.
+    for args in (("--as-of", "yesterday"), ("--as-of", "2026-11-29T12:00:00"), ("--into", "live"),
+                 ("--into", "Robert'); DROP TABLE")):
+        refused = razao("projections", "rebuild", *args, env=env, check=False)
+        assert refused.returncode == 2 and "razao: error:" in refused.stderr, args
+        assert "Traceback" not in refused.stderr
+    missing = razao("projections", "verify", "--schema", "nowhere", env=env, check=False)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_relay_status_and_rewind(razao, ledger_and_read) -> None:
+    _, _, env = ledger_and_read
+    assert "never ran" in razao("relay", "status", env=env).stdout
+    razao("relay", "rewind", "--to", "5", env=env)
+    status = razao("relay", "status", env=env).stdout
+    assert "position 5 of 42 (lag 37 events)" in status and "rewinds 1" in status
+    refused = razao("relay", "rewind", "--to", "999", env=env, check=False)
+    assert refused.returncode == 2 and "no log record at position 999" in refused.stderr
+
+
+def test_razao_up_starts_the_relay_projector_and_query_api(settings: Settings) -> None:
+    from infra.platform import discover_services
+
+    specs = {spec.name: spec for spec in discover_services(settings)}
+    for name, module in (("relay", "commands.relay"), ("projector", "projections.consumer"),
+                         ("query-api", "projections.api")):
+        spec = specs[name]
+        assert spec.argv[1:3] == ("-m", module) and spec.health_url and spec.health_url.endswith("/health")
+    assert len({specs[n].health_url for n in ("relay", "projector", "query-api")}) == 3
