@@ -6,7 +6,8 @@ same run against the same Postgres, a plain-SQL ledger (``commands.bench_sql_bas
 database of its own that it creates and drops, refuses to run unless the server's commits are durable
 (``fsync`` and ``synchronous_commit`` on), never weakens them, and checks after every scenario that nothing was
 lost: the ledger's invariants, debits equal credits, and exactly one ``TransferCommitted`` in the store per
-acknowledged transfer. ``docs/benchmarks.md`` explains each number.
+acknowledged transfer. ``docs/benchmarks.md`` explains each number. `razao bench api` (``commands.bench_api``)
+measures the same durable transfers through the command API over HTTP.
 
 Three ways of driving the ledger, because a Python client and the Python writer share one GIL:
 
@@ -100,8 +101,14 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     bench = subparsers.add_parser("bench", help="measure the platform's performance",
                                   description="Reproducible performance measurements (see docs/benchmarks.md).")
     subsystems = bench.add_subparsers(dest="bench_subsystem", required=True, metavar="SUBSYSTEM")
-    for register in (_register_ledger,):
+    for register in (_register_ledger, _register_api):
         register(subsystems)
+
+
+def _register_api(subsystems: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from commands import bench_api  # the API bench's own module; imported here to keep `bench ledger` lean
+
+    bench_api.register_cli(subsystems)
 
 
 def _register_ledger(subsystems: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
