@@ -66,6 +66,11 @@ def valid_cpf() -> str:
     return "".join(map(str, digits))
 
 
+def format_centavos(amount: int) -> str:
+    sign, amount = ("-", -amount) if amount < 0 else ("", amount)
+    return f"{sign}{amount // 100}.{amount % 100:02d}"
+
+
 def centavos(valor: str) -> int:
     sign = -1 if valor.startswith("-") else 1
     whole, cents = valor.lstrip("-").split(".")
@@ -79,6 +84,8 @@ class Story:
         self.run_id = uuid.uuid4().hex[:8]
         self.keys = iter(f"demo-{self.run_id}-{n}" for n in range(1_000))
         self.names: dict[str, str] = {}
+        #: Posted (debits, credits) of shared platform accounts when this run first touched them.
+        self.baselines: dict[str, tuple[int, int]] = {}
         self.actors: dict[str, dict[str, str]] = {}
 
     # ---- telling -------------------------------------------------------------------------------------------
@@ -177,6 +184,9 @@ class Story:
             return
         deposit = response.json()
         profile = next(p for p in profiles() if p.name == deposit["psp"])
+        self.await_webhook_registration(profile.admin_url)
+        # The platform's settlement account at the PSP outlives this run: the table shows what this run moved.
+        self.baselines[SETTLEMENT_ACCOUNT_ID_TEXT] = self.posted(SETTLEMENT_ACCOUNT_ID_TEXT)
         print(f"  payer    POST {profile.admin_url}/_sandbox/pay   (the payer's bank pays the BR Code)")
         try:
             paid = httpx.post(f"{profile.admin_url}/_sandbox/pay", json={"txid": deposit["txid"]}, timeout=10).json()
@@ -185,7 +195,7 @@ class Story:
             return
         print(f"  {'':<8} ← Pix {paid['endToEndId']}: the PSP posts its signed webhook; the platform confirms the "
               "Pix with the PSP before crediting")
-        self.names[SETTLEMENT_ACCOUNT_ID_TEXT] = "PIX settlement (PSP)"
+        self.names[SETTLEMENT_ACCOUNT_ID_TEXT] = "PIX settlement (PSP), this run"
         done = self.wait_for("Ana", f"/v1/deposits/{deposit['id']}", lambda d: d["status"] == "PAID")
         if done is not None:
             print(f"  {'':<8} ← PAID by {done['end_to_end_id']}: R$ {done['valor']} credited to Ana's wallet")
@@ -199,6 +209,23 @@ class Story:
             if done is not None:
                 print(f"  {'':<8} ← {done['status']} at the {done['psp']} PSP (Pix {done['end_to_end_id']}): "
                       "the hold was posted")
+
+    def await_webhook_registration(self, admin_url: str) -> None:
+        """`razao up` starts the PSPs after the API, which registers its webhook once they answer; a Pix paid
+        before that would only be credited by the periodic reconciliation, so the story waits for it."""
+        deadline = time.monotonic() + PIX_WAIT_S
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{admin_url}/_sandbox/state", timeout=2).json().get("webhook"):
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        print(f"  {'':<8} (the PSP has no webhook registered yet; the periodic reconciliation will credit the Pix)")
+
+    def posted(self, account_id: str) -> tuple[int, int]:
+        a = self.client.get(f"/v1/accounts/{account_id}", headers=self.actors["operator"]).json()
+        return centavos(a["debits_posted"]), centavos(a["credits_posted"])
 
     def wait_for(self, who: str, path: str, ready: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
         deadline = time.monotonic() + PIX_WAIT_S
@@ -236,16 +263,22 @@ class Story:
         return f"R$ {transfer['valor']} from {debit} to {credit} (log position {transfer['position']})"
 
     def print_balances(self) -> None:
-        header = f"{'account':<20} {'debits posted':>14} {'credits posted':>15} {'pending':>10} {'balance':>12}"
+        header = f"{'account':<31} {'debits posted':>14} {'credits posted':>15} {'pending':>10} {'balance':>12}"
         print(header)
         print("-" * len(header))
         debits = credits = 0
         for account_id, name in self.names.items():
             a = self.client.get(f"/v1/accounts/{account_id}", headers=self.actors["operator"]).json()
             pending = centavos(a["debits_pending"]) + centavos(a["credits_pending"])
-            pending_text = f"{pending // 100}.{pending % 100:02d}"
-            print(f"{name:<20} {a['debits_posted']:>14} {a['credits_posted']:>15} {pending_text:>10} {a['posted']:>12}")
-            debits += centavos(a["debits_posted"])
-            credits += centavos(a["credits_posted"])
+            pending_text = format_centavos(pending)
+            before_debits, before_credits = self.baselines.get(account_id, (0, 0))
+            account_debits = centavos(a["debits_posted"]) - before_debits
+            account_credits = centavos(a["credits_posted"]) - before_credits
+            balance = a["posted"] if account_id not in self.baselines else format_centavos(
+                account_debits - account_credits)
+            print(f"{name:<31} {format_centavos(account_debits):>14} {format_centavos(account_credits):>15} "
+                  f"{pending_text:>10} {balance:>12}")
+            debits += account_debits
+            credits += account_credits
         verdict = "balances" if debits == credits else "DOES NOT BALANCE"
         print(f"\nΣ debits = Σ credits over these accounts: the ledger {verdict}.\n")
