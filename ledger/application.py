@@ -7,14 +7,28 @@ single writer); this class is the store it writes to and reads back from.
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.application import Application
-from eventsourcing.persistence import Notification
+from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.persistence import (
+    Cipher,
+    Compressor,
+    DatetimeAsISO,
+    JSONTranscoder,
+    Mapper,
+    Notification,
+    Recording,
+    StoredEvent,
+    Transcoder,
+    UUIDAsHex,
+)
+from eventsourcing.utils import get_topic
 
 from ledger.events import LedgerCheckpoint, LedgerEvent, PendingTransferResolved, TransferCommitted
 from ledger.limits import REBUILD_PAGE_EVENTS_MAX
@@ -29,12 +43,69 @@ log = logging.getLogger(__name__)
 CHECKPOINT_ID = UUID("0b7c4f5e-1d2a-4c3b-8e9f-a1b2c3d4e5f6")
 
 
+class LedgerMapper(Mapper[UUID]):
+    """The library's mapper, with a shorter path to the very same stored bytes for the ledger's events.
+
+    The library's JSON transcoder calls back into Python for every UUID and datetime it meets (four or five per
+    transfer, on the writer's hot path). Here those values are wrapped first, exactly as its transcodings would
+    (``{"_type_": "uuid_hex", ...}``, ``{"_type_": "datetime_iso", ...}``), and the state is encoded by a plain
+    encoder with the transcoder's settings. Anything else (a nested UUID, another type, a compressor or cipher)
+    takes the library's path. A test checks both paths give identical bytes for every event type.
+    """
+
+    def __init__(self, transcoder: Transcoder, compressor: Compressor | None = None,
+                 cipher: Cipher | None = None) -> None:
+        super().__init__(transcoder, compressor, cipher)
+        self.fast = (
+            isinstance(transcoder, JSONTranscoder) and compressor is None and cipher is None
+            and isinstance(transcoder.types.get(UUID), UUIDAsHex)
+            and isinstance(transcoder.types.get(datetime), DatetimeAsISO)
+        )
+        # The transcoder's encoder settings, without its fallback: an unexpected type raises TypeError.
+        self._encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+    def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
+        if not self.fast or not isinstance(domain_event, LedgerEvent):
+            return super().to_stored_event(domain_event)
+        cls = type(domain_event)
+        state = dict(vars(domain_event))
+        originator_id = state.pop("originator_id")
+        originator_version = state.pop("originator_version")
+        class_version = getattr(cls, "class_version", 1)
+        if class_version > 1:
+            state["class_version"] = class_version
+        for key, value in state.items():  # replaces values only: the dict keeps its size and order
+            kind = type(value)
+            if kind is UUID:
+                state[key] = {"_type_": "uuid_hex", "_data_": value.hex}
+            elif kind is datetime:
+                state[key] = {"_type_": "datetime_iso", "_data_": value.isoformat()}
+        try:
+            text = self._encode(state)
+        except TypeError:
+            return super().to_stored_event(domain_event)
+        return StoredEvent(originator_id=originator_id, originator_version=originator_version, topic=get_topic(cls),
+                           state=text.encode("utf8"))
+
+
 class LedgerApplication(Application[UUID]):
     """The event-sourced ledger. Events are saved by the writer; anyone may read the log."""
 
     name = "Ledger"
     # Checkpoints use the library's snapshot store.
     is_snapshotting_enabled = True
+
+    def construct_mapper(self) -> Mapper[UUID]:
+        return self.factory.mapper(transcoder=self.construct_transcoder(), mapper_class=LedgerMapper)
+
+    def append(self, events: Sequence[LedgerEvent], **kwargs: Any) -> list[Recording[UUID]]:
+        """Stores ``events`` in one transaction of the event store and returns their recordings (log positions).
+
+        What ``Application.save`` does for events, minus what the ledger does not use and pays for per event on
+        the writer's hot path: its runtime protocol checks, aggregate snapshots and process-notification hooks.
+        ``kwargs`` reach the recorder (the writer passes its fencing epoch).
+        """
+        return self.events.put(events, **kwargs)
 
     def iter_log(self, after: int = 0, upto: int | None = None) -> Iterator[tuple[Notification, LedgerEvent]]:
         """Yields ``(notification, event)`` in log order after ``after`` (exclusive), up to ``upto``."""

@@ -391,7 +391,7 @@ class LedgerWriter:
         positions: dict[UUID, int] = {}
         if events:
             try:
-                recordings = self.app.save(*events, writer_epoch=self._epoch)
+                recordings = self.app.append(events, writer_epoch=self._epoch)
             except errors.WriterFenced:
                 # Another writer owns the ledger now: this one must never write again.
                 for submission, _ in done:

@@ -811,16 +811,16 @@ def test_a_failed_save_answers_unavailable_and_a_retry_commits_once(
     monkeypatch: pytest.MonkeyPatch, funded: tuple[Ledger, UUID, UUID, UUID]
 ) -> None:
     book, _, rich, poor = funded
-    real_save = book.app.save
+    real_append = book.app.append
     calls = {"n": 0}
 
-    def flaky_save(*events: Any, **kwargs: Any) -> Any:
+    def flaky_append(events: Any, **kwargs: Any) -> Any:
         calls["n"] += 1
         if calls["n"] == 1:
             raise ConnectionError("the store went away")
-        return real_save(*events, **kwargs)
+        return real_append(events, **kwargs)
 
-    monkeypatch.setattr(book.app, "save", flaky_save)
+    monkeypatch.setattr(book.app, "append", flaky_append)
     count = book.event_count()
     with pytest.raises(errors.LedgerUnavailable):
         book.writer.transfer(t("pay", rich, poor, 1_000))
@@ -836,17 +836,17 @@ def test_a_save_that_committed_but_lost_its_answer_is_found_on_retry(
     monkeypatch: pytest.MonkeyPatch, funded: tuple[Ledger, UUID, UUID, UUID]
 ) -> None:
     book, _, rich, poor = funded
-    real_save = book.app.save
+    real_append = book.app.append
     calls = {"n": 0}
 
-    def commit_then_fail(*events: Any, **kwargs: Any) -> Any:
+    def commit_then_fail(events: Any, **kwargs: Any) -> Any:
         calls["n"] += 1
-        recordings = real_save(*events, **kwargs)
+        recordings = real_append(events, **kwargs)
         if calls["n"] == 1:
             raise ConnectionError("connection lost after COMMIT, before its answer")
         return recordings
 
-    monkeypatch.setattr(book.app, "save", commit_then_fail)
+    monkeypatch.setattr(book.app, "append", commit_then_fail)
     count = book.event_count()
     with pytest.raises(errors.LedgerUnavailable):  # the outcome is unknown: never claim it failed
         book.writer.transfer(t("pay", rich, poor, 1_000))
@@ -862,10 +862,10 @@ def test_a_fenced_writer_stops_for_good(monkeypatch: pytest.MonkeyPatch,
                                         funded: tuple[Ledger, UUID, UUID, UUID]) -> None:
     book, _, rich, poor = funded
 
-    def fenced_save(*events: Any, **kwargs: Any) -> Any:
+    def fenced_append(events: Any, **kwargs: Any) -> Any:
         raise errors.WriterFenced("writer epoch 1 is stale (current 2)")
 
-    monkeypatch.setattr(book.app, "save", fenced_save)
+    monkeypatch.setattr(book.app, "append", fenced_append)
     count = book.event_count()
     with pytest.raises(errors.LedgerUnavailable):
         book.writer.transfer(t("pay", rich, poor, 1_000))
