@@ -20,6 +20,7 @@ import psycopg
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder
 from psycopg import sql
+from psycopg.rows import tuple_row
 
 from ledger.ports import WriterBusy, WriterFenced
 
@@ -137,9 +138,9 @@ class FencedApplicationRecorder(PostgresApplicationRecorder):
             [e.state for e in stored_events],
         )
         try:
-            with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as curs:
                 curs.execute(self._append_statement(), params, prepare=True, binary=True)
-                ids = [row["notification_id"] for row in curs.fetchall()]
+                ids = [row[0] for row in curs.fetchall()]
         except Exception as exc:
             if "razao: writer epoch" in str(exc):
                 raise WriterFenced(str(exc).splitlines()[0]) from exc

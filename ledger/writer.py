@@ -561,7 +561,11 @@ class LedgerWriter:
             raise errors.IdempotencyConflict(
                 f"key {first.key!r} was already committed outside this linked batch", field="key", key=first.key
             )
-        state.begin()
+        # A linked batch applies each transfer before deciding the next, so a later refusal must undo the earlier
+        # ones. A single transfer is validated completely before anything is applied: it needs no undo journal.
+        journaled = not single
+        if journaled:
+            state.begin()
         events: list[LedgerEvent] = []
         entries = []
         failures: list[dict[str, Any]] = []
@@ -576,7 +580,8 @@ class LedgerWriter:
             entries.append(state.transfers[transfer.transfer_id])
             events.extend(new_events)
         if failures:
-            state.rollback()
+            if journaled:
+                state.rollback()
             if single:
                 raise errors.ALL_ERRORS[failures[0]["code"]](
                     failures[0]["detail"],
@@ -590,7 +595,8 @@ class LedgerWriter:
             raise errors.LinkedBatchFailed(
                 f"linked batch refused: transfer {failed_at} failed with {failures[0]['code']}", results=results
             )
-        state.commit()
+        if journaled:
+            state.commit()
 
         def build(positions: dict[UUID, int]) -> Any:
             results = [result_of(e, False, positions.get(e.event.originator_id)) for e in entries]
