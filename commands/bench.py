@@ -853,8 +853,9 @@ def _is_local(dsn: str) -> bool:
 
 def _run_ledger_side(dsn: str, options: LedgerBenchOptions, say: Callable[[str], None], meter: CpuMeter,
                      ) -> tuple[list[Measurement], dict[str, Any], dict[str, Any] | None]:
+    # Checkpoints are built and saved off the writer thread, as in the API process that hosts the writer.
     runtime = build_ledger(dsn, start=True, pool_size=options.pool_size, commands_max=options.commands_max,
-                           wait_ms=options.wait_ms)
+                           wait_ms=options.wait_ms, checkpoint_in_background=True)
     try:
         say(f"setup: {options.wallets} wallets + hot wallet + settlement ...")
         setup = setup_ledger(runtime, options.wallets)

@@ -557,7 +557,7 @@ def drive_load(dsn: str, *, rate_per_s: float, seconds: float, count: int, walle
                print_every: int) -> Iterator[dict[str, Any]]:
     """Opens funded wallets, then commits transfers between them at ``rate_per_s``; yields one record per
     committed transfer (every ``print_every``-th): its id, log position and commit time (monotonic ns)."""
-    runtime = build_ledger(dsn)
+    runtime = build_ledger(dsn, checkpoint_in_background=True)  # as in the API process, which hosts the writer
     try:
         writer = runtime.writer
         run = uuid.uuid4().hex[:8]
