@@ -55,6 +55,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from commands import bench_sql_baseline as sql_baseline
 from commands.bootstrap import LedgerRuntime, build_ledger
+from infra.plugins import BENCH_GROUP, discover
 from infra.settings import database_name, drop_database, ensure_database, load_settings, with_database
 from ledger import errors
 from ledger.chart import REQUIRED_FLAGS, AccountCode, AccountFlags
@@ -103,6 +104,10 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     subsystems = bench.add_subparsers(dest="bench_subsystem", required=True, metavar="SUBSYSTEM")
     for register in (_register_ledger, _register_api):
         register(subsystems)
+    # The other packages' benchmarks (`razao bench pix`, `razao bench projection|rebuild`): `razao.bench` entry
+    # points, so this module needs no import of theirs.
+    for _entry_point, register_more in discover(BENCH_GROUP):
+        register_more(subsystems)  # type: ignore[operator]
 
 
 def _register_api(subsystems: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

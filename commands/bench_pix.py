@@ -54,9 +54,19 @@ CPF = "52998224725"
 PIX_KEYS = ("5f8e0c1a-3b7d-4e2f-9a6c-1d2e3f4a5b6c", "0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9")
 
 
+def register_bench(subsystems: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``razao bench pix`` (a ``razao.bench`` entry point)."""
+    _add_parser(subsystems, "pix")
+
+
 def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``razao bench-pix``: the same benchmark under its earlier name."""
+    _add_parser(subparsers, "bench-pix")
+
+
+def _add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], name: str) -> None:
     p = subparsers.add_parser(
-        "bench-pix", help="PIX webhooks ingested per second, p99 response time, time until credited",
+        name, help="PIX webhooks ingested per second, p99 response time, time until credited",
         description=__doc__.split("\n\n")[1] if __doc__ else None)
     p.add_argument("--seconds", type=float, default=10.0, help="measured seconds of load (default 10)")
     p.add_argument("--warmup-seconds", type=float, default=2.0, help="unmeasured seconds first (default 2)")

@@ -5,6 +5,7 @@ subcommands and start their services. So they declare entry points in pyproject.
 
     [project.entry-points."razao.cli"]        # value: register(subparsers) adding subcommands
     [project.entry-points."razao.services"]   # value: services(settings) -> iterable of ServiceSpec
+    [project.entry-points."razao.bench"]      # value: register(subsystems) adding `razao bench <name>`
 
 An entry point whose module does not exist yet (declared ahead of its code) is skipped with a one-line
 warning.
@@ -20,6 +21,8 @@ from importlib.metadata import EntryPoint, entry_points
 
 CLI_GROUP = "razao.cli"
 SERVICES_GROUP = "razao.services"
+#: Benchmarks of other packages under `razao bench` (its parser belongs to commands.bench).
+BENCH_GROUP = "razao.bench"
 
 
 def _module_is_missing(exc: ModuleNotFoundError, module: str) -> bool:
