@@ -1,13 +1,14 @@
 """Wiring of the read side: the one module of ``projections`` that imports ``infra`` (nothing connects at import).
 
-It says where the read database is, how to read the ledger's notification log (the event store, for rebuilds),
-and where the services listen.
+It says where the read database is, how to read the ledger's notification log (the event store, for rebuilds:
+record by record, or as one binary COPY stream of its raw records), and where the services listen.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -37,8 +38,8 @@ LEDGER_APPLICATION_NAME = "Ledger"
 # Infra helpers are re-exported here for the read side's tools (the benchmarks), which reach infra only through
 # this module.
 __all__ = [
-    "LedgerLog", "LogRecord", "NotificationLog", "ReadSettings", "database_name", "drop_database",
-    "ensure_database", "ensure_read_database", "free_port", "jwt_public_key_files", "kafka_reachable",
+    "RAW_LOG_COLUMNS", "LedgerLog", "LogRecord", "NotificationLog", "RawLog", "ReadSettings", "database_name",
+    "drop_database", "ensure_database", "ensure_read_database", "free_port", "jwt_public_key_files", "kafka_reachable",
     "load_read_settings",
     "open_event_store_reader", "open_ledger_log", "read_dsn_for", "services", "with_database",
 ]
@@ -48,6 +49,23 @@ class NotificationLog(Protocol):
 
     def select_notifications(self, start: int | None, limit: int, stop: int | None = None) -> Any: ...
     def max_notification_id(self) -> int | None: ...
+
+
+#: The columns of a raw log record and their Postgres types, in the order of ``RawLog.copy_records``'s stream. A
+#: binary COPY carries no type names, so whoever loads the stream creates a table with exactly these types.
+RAW_LOG_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("id", "bigint"), ("originator_id", "uuid"), ("originator_version", "bigint"), ("topic", "text"),
+    ("state", "bytea"),
+)
+
+
+class RawLog(NotificationLog, Protocol):
+    """A notification log that can also hand over its raw records in bulk (the set-based rebuild's input)."""
+
+    def copy_records(self, after: int, upto: int) -> Iterator[bytes | memoryview]:
+        """The records with ``after < id <= upto`` as the blocks of one ``COPY ... TO STDOUT (FORMAT BINARY)``
+        of ``RAW_LOG_COLUMNS``, in no particular order (each block can go straight into a ``COPY FROM``)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -98,7 +116,8 @@ class LogRecord(NamedTuple):
 
 
 class LedgerLog:
-    """A read-only reader of the ledger's notification log: one plain query per page.
+    """A read-only reader of the ledger's notification log: one plain query per page, or one binary COPY per range
+    of raw records (``copy_records``, what the set-based rebuild reads: it is a ``RawLog``).
 
     The event store's own reader (``select_notifications`` of the eventsourcing recorder) builds a dict and a
     dataclass per row and decodes ids into ``UUID`` objects; a rebuild reads millions of rows, so this one asks
@@ -121,6 +140,13 @@ class LedgerLog:
             "SELECT notification_id, originator_id::text, originator_version, topic, state FROM {} "
             "WHERE notification_id >= %s ORDER BY notification_id LIMIT %s").format(table)
         self._max = sql.SQL("SELECT max(notification_id) FROM {}").format(table)
+        # Casts to the declared types (no-ops today), so the binary stream's layout is RAW_LOG_COLUMNS whatever the
+        # recorder's DDL becomes; a type that cannot be cast fails here, loudly. No ORDER BY: the reader of the
+        # stream orders by id itself, and Postgres can then read a whole range sequentially.
+        self._copy_select = sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(
+            sql.SQL("{}::{}").format(sql.Identifier(source), sql.SQL(pg_type))
+            for source, (_, pg_type) in zip(("notification_id", "originator_id", "originator_version", "topic",
+                                              "state"), RAW_LOG_COLUMNS, strict=True)), table)
         self._conn = psycopg.connect(ledger_dsn, autocommit=True, connect_timeout=5,
                                      application_name="razao-ledger-log-reader")
         # A ledger that never wrote has no table yet: its log is empty.
@@ -145,6 +171,15 @@ class LedgerLog:
             return None
         row = self._conn.execute(self._max).fetchone()
         return int(row[0]) if row and row[0] is not None else None
+
+    def copy_records(self, after: int, upto: int) -> Iterator[bytes | memoryview]:
+        """``RawLog.copy_records``: one binary COPY of the range on this reader's connection."""
+        if self._empty or upto <= after:
+            return
+        statement = sql.SQL("COPY ({} WHERE notification_id > {} AND notification_id <= {}) TO STDOUT (FORMAT BINARY)"
+                            ).format(self._copy_select, sql.Literal(after), sql.Literal(upto))
+        with self._conn.cursor() as cur, cur.copy(statement) as copy:
+            yield from copy
 
     def close(self) -> None:
         self._conn.close()

@@ -1,9 +1,18 @@
 """Rebuilding the read models from the event store alone, and comparing a rebuild with the live models.
 
-A rebuild reads the ledger's notification log (never Kafka), decodes it with the same contract the relay uses,
-runs the same pure projector and writes the rows with the same ``ChangeBuffer`` as the live projector, in bulk:
-bare tables, COPY, then foreign keys and indexes, all in one transaction. ``--as-of`` stops at a log position or
-at the last event recorded at or before a time (the log is in commit order, so that is a prefix of it).
+A rebuild reads the ledger's notification log (never Kafka) into a fresh schema of the read database, in one
+transaction: bare tables, the rows, then foreign keys and indexes, one commit; a failed rebuild leaves nothing.
+``--as-of`` stops at a log position or before the first event recorded after a time (the log is in commit order,
+so that is a prefix of it). Two methods build the same rows:
+
+- ``sql`` (the default): the set-based rebuild of ``projections.rebuild_sql``. The log's raw records move into the
+  read database by binary COPY and every table is built there with ``INSERT ... SELECT``; no event passes through
+  Python. It refuses what the contract refuses, with the contract's errors: a record the SQL finds unfit is decoded
+  by ``LogDecoder`` to raise its error, and when the database refuses a value (a state that is not JSON, a field
+  of the wrong type) the log is decoded by the contract in order to find the first record it refuses.
+- ``projector``: the reference. Every record is decoded with the same contract the relay uses and run through the
+  same pure projector as the live models, and the rows are written by ``BulkLoader`` in large flushes. It is the
+  definition the set-based rebuild is tested against, and ``verify`` brings a rebuilt schema forward with it.
 
 ``verify`` compares a rebuilt schema with the live one at the same log position: it copies the live tables inside
 one repeatable-read snapshot (so the live projector keeps running), brings the rebuilt schema forward to exactly
@@ -24,15 +33,32 @@ import psycopg
 from psycopg import sql
 
 from ledger.contracts import GENESIS_CHAIN_HASH, IntegrationEvent, LogDecoder
+from projections import rebuild_sql
 from projections.bootstrap import NotificationLog
 from projections.limits import REBUILD_FLUSH_EVENTS_MAX, REBUILD_PAGE_EVENTS_MAX
-from projections.schema import LIVE_SCHEMA, PROJECTION, TABLES, check_schema_name, schema_exists
-from projections.store import BulkLoader, Conn, ProjectionStore
+from projections.schema import (
+    LIVE_SCHEMA,
+    PROJECTION,
+    TABLES,
+    add_constraints,
+    check_schema_name,
+    create_schema,
+    schema_exists,
+)
+from projections.store import BulkLoader, Conn, ProjectionBug, ProjectionStore, insert_tracking
 
 #: Rows of each differing table that `verify` prints.
 DIFF_ROWS_MAX = 20
+#: How a rebuild builds the rows (see the module doc); the first is the default.
+METHODS = ("sql", "projector")
 
-Progress = Callable[[int], None]
+#: ``progress(stage, done, total)``: stages in order (``copy``, ``decode``, ``tables``, ``constraints`` for the
+#: set-based rebuild; ``project`` for the projector), how far the stage got and where it ends (``None``: unknown);
+#: ``group/detail`` names a step within a stage (``tables/entries``), ``done`` then counting the stage's steps.
+Progress = Callable[[str, int, int | None], None]
+
+#: What the database says when the set-based rebuild hands it a value the contract would have refused first.
+_REFUSALS = (psycopg.errors.DataError, psycopg.errors.IntegrityError, ProjectionBug)
 
 
 def read_pages(log: NotificationLog, after: int, upto: int | None, page_size: int) -> Iterator[Sequence[Any]]:
@@ -97,32 +123,99 @@ class RebuildResult:
     position: int
     events: int
     seconds: float
+    method: str = METHODS[0]
 
     @property
     def events_per_s(self) -> float:
         return self.events / self.seconds if self.seconds else 0.0
 
 
+def _quiet(_stage: str, _done: int, _total: int | None) -> None:
+    pass
+
+
 def rebuild(read_dsn: str, log: NotificationLog, schema: str, *, upto: int | None = None,
-            until: datetime | None = None, progress: Progress | None = None,
+            until: datetime | None = None, progress: Progress | None = None, method: str = METHODS[0],
             flush_events: int = REBUILD_FLUSH_EVENTS_MAX) -> RebuildResult:
-    """Replaces ``schema`` with the read models built from the log (as of ``upto``/``until``), in one transaction."""
+    """Replaces ``schema`` with the read models built from the log (as of ``upto``/``until``), in one transaction.
+
+    Raises the contract's ``UnknownEventType``/``UnsupportedEventVersion``/``MalformedEvent`` for the first record
+    it refuses (before ``upto``/``until``), with either method; nothing of the schema is left then.
+    """
     check_schema_name(schema)
     if schema == LIVE_SCHEMA:
         raise ValueError("a rebuild never writes into the live schema; rebuild elsewhere and compare")
+    if method not in METHODS:
+        raise ValueError(f"unknown rebuild method {method!r} (one of {', '.join(METHODS)})")
+    report = progress or _quiet
     started = time.perf_counter()
+    head = log.max_notification_id() or 0
+    last = head if upto is None else min(head, upto)
+    if method == "projector":
+        position, events = _rebuild_projector(read_dsn, log, schema, upto=last, until=until, progress=report,
+                                              flush_events=flush_events)
+    else:
+        position, events = _rebuild_sql(read_dsn, log, schema, upto=last, until=until, progress=report)
+    return RebuildResult(schema, position, events, time.perf_counter() - started, method)
+
+
+def _rebuild_projector(read_dsn: str, log: NotificationLog, schema: str, *, upto: int, until: datetime | None,
+                       progress: Progress, flush_events: int) -> tuple[int, int]:
     with psycopg.connect(read_dsn, application_name="razao-rebuild") as conn:
         conn.execute("SET synchronous_commit = off")  # one commit at the end; a crash just means rebuilding again
         loader = BulkLoader(conn, schema, flush_events)
+        progress("project", 0, upto)
         for event in iter_events(log, upto=upto, until=until):
             loader.add(event)
-            if progress is not None and loader.events % 1000 == 0:
-                progress(event.position)
+            if loader.events % 1000 == 0:
+                progress("project", event.position, upto)
         loader.finish()
         conn.commit()
-    if progress is not None:
-        progress(loader.position)
-    return RebuildResult(schema, loader.position, loader.events, time.perf_counter() - started)
+    progress("project", upto, upto)
+    return loader.position, loader.events
+
+
+def _rebuild_sql(read_dsn: str, log: NotificationLog, schema: str, *, upto: int, until: datetime | None,
+                 progress: Progress) -> tuple[int, int]:
+    try:
+        return _build_sql(read_dsn, log, schema, upto=upto, until=until, progress=progress)
+    except _REFUSALS:
+        # The projector path would have stopped at the first record the contract refuses, with the contract's
+        # error: decode the log as it does to raise that error (this is the slow path, taken only on failure).
+        prefix_end = _decoded_prefix(log, upto, until)
+        if until is None or prefix_end >= upto:
+            raise  # every record fits the contract: the failure is the database's (a foreign key, a duplicate)
+    # The records were staged up to `upto` and only cut at `until` after parsing; the one at fault lies after the
+    # prefix, which the projector path never reads. Build exactly the prefix.
+    return _build_sql(read_dsn, log, schema, upto=prefix_end, until=None, progress=progress)
+
+
+def _decoded_prefix(log: NotificationLog, upto: int, until: datetime | None) -> int:
+    """Decodes the log like the projector path (raising the contract's error for the first record it refuses);
+    returns the position of the last record of the prefix."""
+    position = 0
+    for event in iter_events(log, upto=upto, until=until):
+        position = event.position
+    return position
+
+
+def _build_sql(read_dsn: str, log: NotificationLog, schema: str, *, upto: int, until: datetime | None,
+               progress: Progress) -> tuple[int, int]:
+    with psycopg.connect(read_dsn, application_name="razao-rebuild") as conn:
+        conn.execute("SET synchronous_commit = off")  # one commit at the end; a crash just means rebuilding again
+        conn.execute("SET LOCAL jit = off")  # compiling these one-off statements costs more than it saves
+        conn.execute("SET LOCAL maintenance_work_mem = '256MB'")  # index builds in memory, with parallel workers
+        create_schema(conn, schema, constraints=False, replace=True)
+        rebuild_sql.load_log(conn, log, schema, upto, progress)
+        built = rebuild_sql.build(conn, schema, until=until, progress=progress)
+        progress("constraints/foreign keys and indexes", 0, 2)
+        add_constraints(conn, schema)
+        insert_tracking(conn, schema, PROJECTION, position=built.position, chain_hash=built.chain_hash,
+                        events=built.events)
+        progress("constraints/commit", 1, 2)
+        conn.commit()
+        progress("constraints/done", 2, 2)
+    return built.position, built.events
 
 
 def catch_up(read_dsn: str, log: NotificationLog, schema: str, upto: int) -> int:

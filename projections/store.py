@@ -397,8 +397,14 @@ class BulkLoader:
         self.flush()
         self._join()
         add_constraints(self.conn, self.schema)
-        self.conn.execute(
-            sql.SQL("INSERT INTO {}.tracking (projection, position, chain_hash, events_applied) "
-                    "VALUES (%s, %s, %s, %s)").format(sql.Identifier(self.schema)),
-            (self.projection, self.position, self.chain_hash, self.events),
-        )
+        insert_tracking(self.conn, self.schema, self.projection, position=self.position, chain_hash=self.chain_hash,
+                        events=self.events)
+
+
+def insert_tracking(conn: Conn, schema: str, projection: str, *, position: int, chain_hash: str, events: int) -> None:
+    """The tracking row of a freshly loaded schema: at ``position`` (whose chain hash it is) after ``events``."""
+    conn.execute(
+        sql.SQL("INSERT INTO {}.tracking (projection, position, chain_hash, events_applied) "
+                "VALUES (%s, %s, %s, %s)").format(sql.Identifier(schema)),
+        (projection, position, chain_hash, events),
+    )

@@ -4,6 +4,9 @@
   or restart (losing everything, as Tansu does) without disturbing the session's broker.
 - ``ReadSide``: a ledger database and its read database, a topic and consumer group of their own, and the relay,
   projector and query API as child processes (each killed only by the PID the test started).
+- ``SteppingClock`` and ``write_every_kind``: a ledger history with every kind of event the read models know (and
+  the PIX facts they skip), on any ledger writer, one clock second per command; ``append_record`` writes a raw
+  record at the end of a Postgres ledger's log, as an old or a broken writer would have.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -201,3 +205,131 @@ class ReadSide:
         assert row is not None and entries is not None
         return {"accounts": int(row[0]), "debits_posted": int(row[1]), "credits_posted": int(row[2]),
                 "debits_pending": int(row[3]), "credits_pending": int(row[4]), "entries": int(entries[0])}
+
+
+# ---- histories ---------------------------------------------------------------------------------------------------
+
+
+class SteppingClock:
+    """The writer's clock: it moves only when told (``tick``), so every event's time is known."""
+
+    def __init__(self, start: datetime = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def tick(self, seconds: float = 1.0) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+def e2eid(n: int) -> str:
+    """An endToEndId of a Pix received on 2025-03-01 (the clock's start)."""
+    return f"E30000003202503011200{n:011d}"
+
+
+def write_every_kind(writer: Any, clock: SteppingClock) -> dict[str, Any]:
+    """Runs, through ``writer`` (a started ``LedgerWriter``), a history with every event type: parties (investor
+    and borrower), accounts opened and closed, single transfers, a linked batch, pending transfers posted in full,
+    posted in part, voided, expired, and left open (with and without a timeout), and the PIX flows (a deposit
+    credited, a Pix to suspense assigned to a wallet, a refund, a withdrawal completed and one failed).
+
+    Returns the ids a test may want (wallets, holds)."""
+    from ledger.chart import REQUIRED_FLAGS, AccountCode
+    from ledger.model import CloseAccount, CreateLinkedTransfers, CreateTransfer, OpenAccount
+    from ledger.parties import RegisterParty
+    from ledger.pix_flows import (
+        AssignReceivedPix,
+        CreditReceivedPix,
+        RequestDeposit,
+        RequestRefund,
+        RequestWithdrawal,
+        SettleRefund,
+        SettleWithdrawal,
+        deposit_txid,
+    )
+    from ledger.pix_state import SETTLEMENT_ACCOUNT_ID, SUSPENSE_ACCOUNT_ID
+
+    def run(command: Any) -> Any:
+        clock.tick()
+        return writer.execute(command, timeout_s=10)
+
+    def open_account(code: AccountCode, account_id: uuid.UUID | None = None) -> uuid.UUID:
+        account_id = account_id or uuid.uuid4()
+        run(OpenAccount(account_id, code, int(REQUIRED_FLAGS[code])))
+        return account_id
+
+    open_account(AccountCode.PIX_SETTLEMENT, SETTLEMENT_ACCOUNT_ID)
+    open_account(AccountCode.SUSPENSE, SUSPENSE_ACCOUNT_ID)
+    fees, receivable = open_account(AccountCode.FEE_REVENUE), open_account(AccountCode.LOAN_RECEIVABLE)
+    investor = run(RegisterParty("rebuild-investor", "investor", "Ana Souza", "52998224725", "ana@example.com",
+                                 "+5511987654321")).wallet.id
+    borrower = run(RegisterParty("rebuild-borrower", "borrower", "Bruno Lima", "11144477735", "bruno@example.com",
+                                 "+5511987654322")).wallet.id
+    # PIX: a deposit paid by Pix, a Pix nobody asked for (suspense, then assigned), a refund of part of one.
+    deposit = run(RequestDeposit("rebuild:d1", investor, 500_00, 3600, deposit_txid("rebuild:d1"), "primary",
+                                 "000201...6304ABCD", "psp.example/qr/v2/abc", clock.now))
+    run(CreditReceivedPix(e2eid(1), "primary", 500_00, clock.now, deposit.deposit.txid))
+    run(CreditReceivedPix(e2eid(2), "primary", 40_00, clock.now, None))
+    run(AssignReceivedPix("rebuild:a1", e2eid(2), borrower))
+    refund = run(RequestRefund("rebuild:r1", e2eid(1), 10_00, "estorno", "ops")).refund
+    run(SettleRefund(refund.id, "DEVOLVIDO", return_id="D" + "1" * 31))
+    # Transfers of every kind.
+    run(CreateTransfer("rebuild:t1", investor, borrower, 100_00))
+    run(CreateTransfer("rebuild:t2", receivable, borrower, 50_00))
+    run(CreateLinkedTransfers((CreateTransfer("rebuild:l1", borrower, fees, 1_00),
+                               CreateTransfer("rebuild:l2", borrower, investor, 9_00))))
+    full = run(CreateTransfer("rebuild:h1", investor, borrower, 20_00, kind="pending"))
+    run(CreateTransfer("rebuild:p1", None, None, None, kind="post_pending", pending_id=full.id))
+    part = run(CreateTransfer("rebuild:h2", investor, borrower, 30_00, kind="pending", timeout_s=600))
+    run(CreateTransfer("rebuild:p2", None, None, 12_00, kind="post_pending", pending_id=part.id))
+    voided = run(CreateTransfer("rebuild:h3", borrower, investor, 5_00, kind="pending"))
+    run(CreateTransfer("rebuild:v3", None, None, None, kind="void_pending", pending_id=voided.id))
+    expiring = run(CreateTransfer("rebuild:h4", investor, fees, 7_00, kind="pending", timeout_s=2))
+    clock.tick(60)  # the next batch expires h4
+    open_with_timeout = run(CreateTransfer("rebuild:h5", investor, fees, 3_00, kind="pending", timeout_s=3600))
+    open_forever = run(CreateTransfer("rebuild:h6", borrower, fees, 2_00, kind="pending"))
+    # Withdrawals by Pix: one paid, one that failed (its hold released).
+    paid = run(RequestWithdrawal("rebuild:w1", investor, 60_00, "52998224725")).withdrawal
+    run(SettleWithdrawal(paid.id, "CONFIRMED", "primary", e2eid(5)))
+    failed = run(RequestWithdrawal("rebuild:w2", borrower, 10_00, "11144477735")).withdrawal
+    run(SettleWithdrawal(failed.id, "FAILED", "primary", reason="recusado"))
+    # An account closed at zero, and a party registered last.
+    spare = open_account(AccountCode.FEE_REVENUE)
+    run(CloseAccount(spare))
+    run(RegisterParty("rebuild-late", "investor", "Carla Dias", "12345678909", "carla@example.com",
+                      "+5511987654323"))
+    run(CreateTransfer("rebuild:t3", SETTLEMENT_ACCOUNT_ID, investor, 1_00))
+    return {"investor": investor, "borrower": borrower, "fees": fees, "expired": expiring.id,
+            "partly_posted": part.id,
+            "open_holds": (open_with_timeout.id, open_forever.id), "closed": spare}
+
+
+def append_record(ledger_dsn: str, topic: str, state: bytes, originator_id: uuid.UUID | None = None,
+                  version: int = 1) -> int:
+    """Writes one raw record at the end of a Postgres ledger's log (no writer may be running); returns its id."""
+    with psycopg.connect(ledger_dsn, autocommit=True) as conn:
+        row = conn.execute("INSERT INTO ledger_events (originator_id, originator_version, topic, state) "
+                           "VALUES (%s, %s, %s, %s) RETURNING notification_id",
+                           (originator_id or uuid.uuid4(), version, topic, state)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def delete_record(ledger_dsn: str, position: int) -> None:
+    with psycopg.connect(ledger_dsn, autocommit=True) as conn:
+        conn.execute("DELETE FROM ledger_events WHERE notification_id = %s", (position,))
+
+
+def stored_state(clock: SteppingClock, **fields: Any) -> dict[str, Any]:
+    """A stored state as the event store's JSON transcoder writes it: ``timestamp`` and ``chain_hash`` first."""
+    return {"timestamp": {"_type_": "datetime_iso", "_data_": clock.now.isoformat()}, "chain_hash": "ab" * 32,
+            **fields}
+
+
+def stored_uuid(value: uuid.UUID) -> dict[str, str]:
+    return {"_type_": "uuid_hex", "_data_": value.hex}
+
+
+def dumps(state: dict[str, Any]) -> bytes:
+    return json.dumps(state, separators=(",", ":")).encode()

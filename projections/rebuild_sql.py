@@ -1,0 +1,525 @@
+"""The set-based rebuild: the read models built inside Postgres from the raw records of the ledger's log.
+
+``projections.projector`` stays the definition of the read models; this module produces exactly its rows, with SQL
+over sets instead of Python per event (a test compares the two table by table). In the caller's transaction on the
+read database, into a schema whose tables were just created bare:
+
+1. copy: the log's raw records (id, aggregate id, version, topic, JSON state as bytes) move into a staging table
+   by binary COPY, the ledger's ``COPY ... TO STDOUT`` piped block by block into ``COPY ... FROM STDIN``: no record
+   is looked at in Python. A log that cannot stream (the in-memory event store of tests) is paged in instead.
+2. decode: every state is parsed once, by parallel workers: a transfer (most records) straight into typed columns
+   (``jsonb_populate_record`` over a row type whose defaults mark the fields that are missing), every other record
+   into ``jsonb``. Each row is flagged with whether the record fits the contract: a topic of the ledger's module, a
+   stored class version that ``STORED_VERSIONS`` maps, every field the contract's builder reads (``STORED_FIELDS``)
+   with the wrappers it unwraps (``STORED_WRAPPERS``), the shapes the rows need. One aggregate over the flags finds
+   the first record that does not fit, which the contract's own ``LogDecoder`` then decodes to raise exactly its
+   error (``UnknownEventType``, ``UnsupportedEventVersion``, ``MalformedEvent``); with ``until`` the same aggregate
+   finds where the prefix ends. A state that is not JSON fails the parse itself (a ``DataError``), and so does a
+   value the contract refuses (or a missing field that lands in a NOT NULL column): ``projections.rebuild`` then
+   finds that record with the contract's decoder.
+3. tables: one ``INSERT ... SELECT`` per read-model table. The primary keys are dropped first and built again
+   after the big tables are loaded (sorting once is several times cheaper than growing a b-tree row by row); the
+   result is the same catalog, and a duplicate fails there as it would have failed at insert.
+4. checks: what the projector's row changes would have refused (a close of an account never opened, a resolution
+   of a transfer that holds nothing, a pending transfer ended twice, an unknown kind or resolution) raises
+   ``ProjectionBug``.
+
+The caller then adds the foreign keys and indexes (``projections.schema.add_constraints``) and commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+from psycopg import sql
+
+from ledger.contracts import (
+    _DOMAIN_MODULE,  # the module every stored topic must name (private to the contract, which has no public name)
+    GENESIS_CHAIN_HASH,
+    STORED_VERSIONS,
+    AccountCode,
+    LogDecoder,
+    MalformedEvent,
+    is_debit_normal,
+)
+from projections.bootstrap import RAW_LOG_COLUMNS, NotificationLog
+from projections.projector import _STATUS_OF_KIND
+from projections.store import Conn, ProjectionBug
+
+#: ``progress(stage, done, total)``: the stage's name, how far it got and where it ends (``None``: unknown). A stage
+#: named ``group/detail`` is a step of ``group`` (the table being built, say), ``done`` counting the steps.
+Stage = Callable[[str, int, int | None], None]
+
+#: Log positions per COPY from the ledger: one progress step each (the ledger reads each range by its index).
+COPY_CHUNK_EVENTS: Final = 100_000
+#: Records per page when a log cannot stream its records (an in-memory event store).
+PAGE_EVENTS: Final = 10_000
+
+_COMMON_FIELDS: Final = ("timestamp", "chain_hash")
+#: Fields of the stored state that the contract's builder of each (type, stored class version) reads, besides
+#: ``timestamp`` and ``chain_hash``: a record without one is refused by ``LogDecoder`` (``MalformedEvent``), so the
+#: set-based check refuses it too. A test holds this to ``LogDecoder`` field by field and version by version.
+STORED_FIELDS: Final[Mapping[tuple[str, int], tuple[str, ...]]] = {
+    ("PartyRegistered", 1): ("kind", "wallet_id"),
+    ("AccountOpened", 1): ("ledger", "code", "flags", "reference"),
+    ("AccountOpened", 2): ("ledger", "code", "flags", "reference", "owner_id"),
+    ("AccountClosed", 1): ("flags",),
+    ("TransferCommitted", 1): ("key", "kind", "ledger", "code", "debit_account_id", "credit_account_id",
+                               "amount_centavos", "requested_amount_centavos", "pending_id", "timeout_s",
+                               "reference", "linked_batch_id", "debit_after", "credit_after"),
+    ("PendingTransferResolved", 1): ("resolution", "by_transfer_id", "amount_centavos"),
+    ("PendingTransferExpired", 1): ("debit_account_id", "credit_account_id", "amount_centavos", "debit_after",
+                                    "credit_after"),
+    ("DepositRequested", 1): ("wallet_id", "amount_centavos", "expires_in_s", "txid", "psp", "charge_created_at"),
+    ("PixReceived", 1): ("end_to_end_id", "psp", "txid", "amount_centavos", "processed_at", "source", "transfer_id",
+                         "credit_account_id", "deposit_id", "suspense_reason"),
+    ("ReconciliationItemOpened", 1): ("end_to_end_id", "reason", "amount_centavos", "account_id"),
+    ("ReconciliationItemResolved", 1): ("resolution", "wallet_id", "amount_centavos", "transfer_id"),
+    ("WithdrawalRequested", 1): ("wallet_id", "amount_centavos", "pix_key_type", "payment_id", "hold_id"),
+    ("WithdrawalCompleted", 1): ("psp", "end_to_end_id", "transfer_id"),
+    ("WithdrawalFailed", 1): ("psp", "reason", "transfer_id"),
+    ("PixRefundRequested", 1): ("end_to_end_id", "psp", "refund_id", "amount_centavos", "hold_id",
+                                "source_account_id", "requested_by"),
+    ("PixRefundConcluded", 1): ("status", "return_id", "reason", "transfer_id"),
+}
+#: The fields of each stored version that the event store wraps (``{"_type_": ..., "_data_": ...}``) and the contract
+#: unwraps, refusing any other shape: ``uuid`` (32 hex digits), ``uuid?`` (or null) and ``time``. The check tests
+#: the wrappers of every record but transfers, whose wrapped fields are unwrapped into columns (see ``_uuid``).
+STORED_WRAPPERS: Final[Mapping[tuple[str, int], Mapping[str, str]]] = {
+    ("PartyRegistered", 1): {"wallet_id": "uuid"},
+    ("AccountOpened", 1): {},
+    ("AccountOpened", 2): {"owner_id": "uuid?"},
+    ("AccountClosed", 1): {},
+    ("TransferCommitted", 1): {"debit_account_id": "uuid", "credit_account_id": "uuid", "pending_id": "uuid?",
+                               "linked_batch_id": "uuid?"},
+    ("PendingTransferResolved", 1): {"by_transfer_id": "uuid"},
+    ("PendingTransferExpired", 1): {"debit_account_id": "uuid", "credit_account_id": "uuid"},
+    ("DepositRequested", 1): {"wallet_id": "uuid", "charge_created_at": "time"},
+    ("PixReceived", 1): {"processed_at": "time", "transfer_id": "uuid", "credit_account_id": "uuid",
+                         "deposit_id": "uuid?"},
+    ("ReconciliationItemOpened", 1): {"account_id": "uuid"},
+    ("ReconciliationItemResolved", 1): {"wallet_id": "uuid?", "transfer_id": "uuid?"},
+    ("WithdrawalRequested", 1): {"wallet_id": "uuid", "hold_id": "uuid"},
+    ("WithdrawalCompleted", 1): {"transfer_id": "uuid"},
+    ("WithdrawalFailed", 1): {"transfer_id": "uuid"},
+    ("PixRefundRequested", 1): {"hold_id": "uuid", "source_account_id": "uuid"},
+    ("PixRefundConcluded", 1): {"transfer_id": "uuid"},
+}
+#: Types whose ``debit_after``/``credit_after`` become rows: the contract builds them into four-field balances.
+_WITH_BALANCES: Final = frozenset({"TransferCommitted", "PendingTransferExpired"})
+
+#: A stored transfer as ``jsonb_populate_record`` reads it: (field, type, value when the field is missing). The
+#: fields whose absence the contract refuses but a NULL would not reveal (null is allowed, or nothing stores them)
+#: default to ``_MISSING``; the others become NULL, which the check or a NOT NULL column of the tables refuses.
+_MISSING: Final = '{"__rebuild__": "missing"}'
+_TRANSFER_STATE: Final = (
+    ("timestamp", "jsonb", None), ("chain_hash", "jsonb", _MISSING), ("class_version", "jsonb", "1"),
+    ("key", "text", None), ("kind", "text", None), ("ledger", "integer", None), ("code", "integer", None),
+    ("debit_account_id", "jsonb", None), ("credit_account_id", "jsonb", None), ("amount_centavos", "bigint", None),
+    ("requested_amount_centavos", "jsonb", _MISSING), ("pending_id", "jsonb", _MISSING),
+    ("timeout_s", "integer", None), ("reference", "text", None), ("linked_batch_id", "jsonb", _MISSING),
+    ("debit_after", "bigint[]", None), ("credit_after", "bigint[]", None),
+)
+assert {name for name, _, _ in _TRANSFER_STATE} >= {*_COMMON_FIELDS, *STORED_FIELDS[("TransferCommitted", 1)]}
+
+# Scratch tables, in the schema being built (unlogged: nothing of them reaches the WAL) and dropped before the commit.
+# Not temporary tables, because parallel workers cannot read those.
+_SCRATCH: Final = {"log": "_rebuild_log", "transfers": "_rebuild_transfers", "facts": "_rebuild_facts",
+                   "transfer_state": "_rebuild_transfer_state"}
+
+
+def topic(type_name: str) -> str:
+    """The stored topic of a ledger event type (``<module>:<class name>``)."""
+    return f"{_DOMAIN_MODULE}:{type_name}"
+
+
+_TOPICS: Final = {name: sql.Literal(topic(type_name)) for name, type_name in (
+    ("transfer_committed", "TransferCommitted"), ("party", "PartyRegistered"), ("opened", "AccountOpened"),
+    ("closed", "AccountClosed"), ("resolved", "PendingTransferResolved"), ("expired", "PendingTransferExpired"))}
+_BALANCE_FIELDS: Final = ("debits_pending", "debits_posted", "credits_pending", "credits_posted")
+
+
+@dataclass(frozen=True)
+class Built:
+    position: int
+    chain_hash: str
+    events: int
+
+
+# ------------------------------------------------------------------------------------------- SQL fragments
+# Statements are templates composed with psycopg's `sql` module: `{s}` is the schema, `{log}`, `{transfers}`,
+# `{facts}`, `{transfer_state}` the scratch tables and type, `{transfer_committed}` ... the topics, and the rest
+# fragments below.
+
+
+def _statement(template: str, schema: str, **fragments: sql.Composable) -> sql.Composed:
+    names = {key: sql.Identifier(table) for key, table in _SCRATCH.items()}
+    return sql.SQL(template).format(s=sql.Identifier(schema), **names, **_TOPICS, **fragments)
+
+
+def _field(state: str, name: str) -> sql.Composed:
+    """``<state>-><name>``: a field of the stored state, as jsonb."""
+    return sql.SQL("({}->{})").format(sql.SQL(state), sql.Literal(name))
+
+
+def _uuid(value: sql.Composable, *, optional: bool = False) -> sql.Composed:
+    """The uuid of a stored ``{"_type_": "uuid_hex", "_data_": "<32 hex>"}``: any other value fails the cast, as the
+    contract refuses it (``MalformedEvent``), and null is NULL only where the contract allows it. A missing field is
+    NULL (or the transfer state's marker): the record's check refuses it."""
+    null = "WHEN {v} = 'null' OR {v} = {missing}::jsonb THEN NULL " if optional else ""
+    return sql.SQL("(CASE WHEN {v} IS NULL THEN NULL " + null + "WHEN {v}->>'_type_' = 'uuid_hex' AND "
+                   "length({v}->>'_data_') = 32 THEN {v}->>'_data_' ELSE 'not a stored uuid' END)::uuid"
+                   ).format(v=value, missing=sql.Literal(_MISSING))
+
+
+def _recorded_at(state: str) -> sql.Composed:
+    """``recorded_at``: the state's timestamp (its ``_type_`` is part of the record's check)."""
+    return sql.SQL("({}->'timestamp'->>'_data_')::timestamptz").format(sql.SQL(state))
+
+
+def _balances(state: str, side: str) -> sql.Composed:
+    """The four post-state fields of ``<side>_after`` as columns ``<side>_debits_pending`` ..."""
+    return sql.SQL(", ").join(
+        sql.SQL("({}->>{})::bigint AS {}").format(_field(state, f"{side}_after"), sql.Literal(i),
+                                                   sql.Identifier(f"{side}_{name}"))
+        for i, name in enumerate(_BALANCE_FIELDS))
+
+
+def _array(values: tuple[Any, ...] | list[Any]) -> sql.Composed:
+    return sql.SQL("ARRAY[{}]").format(sql.SQL(", ").join(sql.Literal(v) for v in values))
+
+
+def _transfer_fits(version: int) -> sql.Composed:
+    """Whether a transfer record (its state read as ``r``) fits the contract, never NULL: a state that is not an
+    object, a value of the wrong type or a wrapped uuid that is not 32 digits fails the parse or a cast instead."""
+    present = sql.SQL(" AND ").join(sql.SQL("r.{} IS DISTINCT FROM {}::jsonb").format(sql.Identifier(name),
+                                                                                   sql.Literal(_MISSING))
+                                    for name, _, default in _TRANSFER_STATE if default == _MISSING)
+    return sql.SQL("coalesce(r.class_version = {version}::jsonb AND r.timestamp->>'_type_' = 'datetime_iso' "
+                   "AND r.debit_account_id->>'_type_' = 'uuid_hex' AND r.credit_account_id->>'_type_' = 'uuid_hex' "
+                   "AND {present} AND array_ndims(r.debit_after) = 1 AND array_length(r.debit_after, 1) = 4 "
+                   "AND array_ndims(r.credit_after) = 1 AND array_length(r.credit_after, 1) = 4, false)").format(
+        version=sql.Literal(str(version)), present=present)
+
+
+def _fact_fits(state: str) -> sql.Composed:
+    """Whether a record other than a transfer fits the contract as ``LogDecoder`` decides (never NULL)."""
+    missing = (set(STORED_VERSIONS) ^ set(STORED_FIELDS)) | (set(STORED_VERSIONS) ^ set(STORED_WRAPPERS))
+    if missing:  # a new stored version needs its fields listed before a set-based rebuild can read it
+        raise AssertionError(f"STORED_FIELDS/STORED_WRAPPERS and STORED_VERSIONS differ in {sorted(missing)}")
+    branches = []
+    for (type_name, version), fields in STORED_FIELDS.items():
+        if type_name == "TransferCommitted":
+            continue
+        shape = _balance_shape(state) if type_name in _WITH_BALANCES else sql.SQL("")
+        wrappers = sql.SQL("").join(sql.SQL(" AND ") + _wrapper(_field(state, name), kind)
+                                    for name, kind in STORED_WRAPPERS[(type_name, version)].items())
+        branches.append(sql.SQL("WHEN topic = {} AND coalesce({}, '1') = {}::jsonb THEN {} ?& {}{}{}").format(
+            sql.Literal(topic(type_name)), _field(state, "class_version"), sql.Literal(str(version)), sql.SQL(state),
+            _array((*_COMMON_FIELDS, *fields)), shape, wrappers))
+    return sql.SQL("coalesce(jsonb_typeof({s}) = 'object' AND {s}->'timestamp'->>'_type_' = 'datetime_iso' "
+                   "AND CASE {branches} ELSE false END, false)").format(s=sql.SQL(state),
+                                                                        branches=sql.SQL(" ").join(branches))
+
+
+def _wrapper(value: sql.Composable, kind: str) -> sql.Composed:
+    """Whether a wrapped field has the shape the contract unwraps (a time must also be one Postgres can read)."""
+    if kind == "time":
+        return sql.SQL("({v}->>'_type_' = 'datetime_iso' AND ({v}->>'_data_')::timestamptz IS NOT NULL)").format(
+            v=value)
+    shape = sql.SQL("({v}->>'_type_' = 'uuid_hex' AND length({v}->>'_data_') = 32)").format(v=value)
+    return sql.SQL("({v} = 'null' OR {shape})").format(v=value, shape=shape) if kind == "uuid?" else shape
+
+
+def _balance_shape(state: str) -> sql.Composed:
+    """Both post-states are arrays of four (the contract builds four-field balances of them)."""
+    return sql.SQL("").join(
+        sql.SQL(" AND CASE WHEN jsonb_typeof({a}) = 'array' THEN jsonb_array_length({a}) = 4 ELSE false END")
+        .format(a=_field(state, f"{side}_after")) for side in ("debit", "credit"))
+
+
+# -------------------------------------------------------------------------------------------------- steps
+
+
+def load_log(conn: Conn, log: NotificationLog, schema: str, upto: int, progress: Stage) -> None:
+    """Step 1: the records with ``0 < id <= upto`` into the staging table."""
+    columns = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, t in RAW_LOG_COLUMNS)
+    conn.execute(_statement("CREATE UNLOGGED TABLE {s}.{log} ({columns})", schema, columns=columns))
+    progress("copy", 0, upto)
+    copy_records = getattr(log, "copy_records", None)
+    with conn.cursor() as cur:
+        if copy_records is None:
+            _page_in(cur, log, schema, upto, progress)
+            return
+        into = _statement("COPY {s}.{log} FROM STDIN (FORMAT BINARY)", schema)
+        after = 0
+        while after < upto:
+            end = min(after + COPY_CHUNK_EVENTS, upto)
+            with ExitStack() as stack:
+                copy = None
+                for block in copy_records(after, end):
+                    if copy is None:  # an empty range sends nothing, not even the binary header
+                        copy = stack.enter_context(cur.copy(into))
+                    copy.write(block)
+            after = end
+            progress("copy", after, upto)
+
+
+def _page_in(cur: Any, log: NotificationLog, schema: str, upto: int, progress: Stage) -> None:
+    with cur.copy(_statement("COPY {s}.{log} FROM STDIN", schema)) as copy:
+        start = 1
+        while start <= upto and (page := log.select_notifications(start, limit=PAGE_EVENTS, stop=upto)):
+            for n in page:
+                copy.write_row((n.id, n.originator_id, n.originator_version, n.topic, n.state))
+            start = page[-1].id + 1
+            progress("copy", page[-1].id, upto)
+
+
+def build(conn: Conn, schema: str, *, until: datetime | None, progress: Stage) -> Built:
+    """Steps 2 to 4 (see the module doc) over the staged records. Raises the contract's error for the first record
+    that does not fit it, ``ProjectionBug``, or the database's error for a value it refuses."""
+    keys = _drop_primary_keys(conn, schema)
+    built = _decode(conn, schema, until, progress)
+    steps = len(_TABLE_STEPS) + 2
+    fragments = _fragments(schema)
+    for done, (name, template) in enumerate(_TABLE_STEPS):
+        if name == "balances":  # balances are found through the entries' primary key
+            progress("tables/primary keys", done, steps)
+            _restore_primary_keys(conn, keys)
+        progress(f"tables/{name}", done, steps)
+        conn.execute(_statement(template, schema, **fragments))
+    progress("tables/checks", steps - 2, steps)
+    _check(conn, schema)
+    conn.execute(_statement("DROP TABLE {s}.{log}, {s}.{transfers}, {s}.{facts}", schema))
+    conn.execute(_statement("DROP TYPE {s}.{transfer_state}", schema))
+    progress("tables/done", steps, steps)
+    return built
+
+
+def _drop_primary_keys(conn: Conn, schema: str) -> list[sql.Composed]:
+    """Drops every primary key of the schema's (bare, empty) tables; returns the statements that add them back."""
+    rows = conn.execute(
+        "SELECT t.relname, c.conname, pg_get_constraintdef(c.oid) FROM pg_constraint c "
+        "JOIN pg_class t ON t.oid = c.conrelid WHERE c.connamespace = %s::regnamespace AND c.contype = 'p' "
+        "ORDER BY t.relname", (schema,)).fetchall()
+    restore = []
+    for table, name, definition in rows:
+        relation = sql.Identifier(schema, table)
+        conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(relation, sql.Identifier(name)))
+        # The definition is the catalog's own rendering (pg_get_constraintdef), quoted as it needs.
+        restore.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(relation, sql.Identifier(name),
+                                                                          sql.SQL(definition)))
+    return restore
+
+
+def _restore_primary_keys(conn: Conn, statements: list[sql.Composed]) -> None:
+    for statement in statements:
+        conn.execute(statement)
+
+
+#: The transfers, each state parsed once into typed columns by the parallel workers that scan the staged log.
+_TRANSFERS_TEMPLATE: Final = """CREATE UNLOGGED TABLE {s}.{transfers} AS
+    SELECT l.id AS position, l.originator_id AS transfer_id, r.key, r.kind, r.ledger, r.code,
+        {debit} AS debit_account_id, {credit} AS credit_account_id, r.amount_centavos,
+        (r.requested_amount_centavos #>> '{{}}')::bigint AS requested_amount_centavos, {pending} AS pending_id,
+        r.timeout_s, r.reference, {batch} AS linked_batch_id, (r.timestamp->>'_data_')::timestamptz AS recorded_at,
+        {debit_after}, {credit_after}, {fits} AS fits
+    FROM {s}.{log} l, LATERAL jsonb_populate_record({base}, convert_from(l.state, 'UTF8')::jsonb) r
+    WHERE l.topic = {transfer_committed}"""
+#: Every other record (few, in a ledger that mostly moves money) as jsonb and its check; ``OFFSET 0`` keeps the parse
+#: in the subquery, once per record, instead of repeating it in every expression of the check.
+_FACTS_TEMPLATE: Final = """CREATE UNLOGGED TABLE {s}.{facts} AS
+    SELECT id, aggregate_id, topic, s, fits, CASE WHEN fits THEN {recorded_at} END AS recorded_at
+    FROM (SELECT id, aggregate_id, topic, s, {fits} AS fits
+          FROM (SELECT id, originator_id AS aggregate_id, topic, convert_from(state, 'UTF8')::jsonb AS s
+                FROM {s}.{log} WHERE topic IS DISTINCT FROM {transfer_committed} OFFSET 0) parsed OFFSET 0) f"""
+#: The one check over every record: the first that does not fit the contract, and where `until` cuts the log.
+_CHECK_RECORDS: Final = """SELECT min(position) FILTER (WHERE NOT fits),
+        min(position) FILTER (WHERE fits AND recorded_at > %s), count(*), max(position)
+    FROM (SELECT position, fits, recorded_at FROM {s}.{transfers}
+          UNION ALL SELECT id, fits, recorded_at FROM {s}.{facts}) r"""
+
+
+def _decode(conn: Conn, schema: str, until: datetime | None, progress: Stage) -> Built:
+    steps = 3
+    progress("decode/transfers", 0, steps)
+    columns = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(pg_type))
+                                 for name, pg_type, _ in _TRANSFER_STATE)
+    conn.execute(_statement("CREATE TYPE {s}.{transfer_state} AS ({columns})", schema, columns=columns))
+    base = _statement("ROW({defaults})::{s}.{transfer_state}", schema, defaults=sql.SQL(", ").join(
+        sql.SQL("NULL") if default is None else sql.Literal(default) for _, _, default in _TRANSFER_STATE))
+    # Parallel workers parse (the planner's default costs of starting them and of passing rows to the leader say
+    # otherwise, for a table it has no statistics of yet).
+    conn.execute("SET LOCAL parallel_setup_cost = 0")
+    conn.execute("SET LOCAL parallel_tuple_cost = 0")
+    versions = [v for (t, v) in STORED_VERSIONS if t == "TransferCommitted"]
+    assert len(versions) == 1, f"_TRANSFER_STATE reads one stored version of TransferCommitted, not {versions}"
+    conn.execute(_statement(
+        _TRANSFERS_TEMPLATE, schema, base=base, debit=_uuid(sql.SQL("r.debit_account_id")),
+        credit=_uuid(sql.SQL("r.credit_account_id")), pending=_uuid(sql.SQL("r.pending_id"), optional=True),
+        batch=_uuid(sql.SQL("r.linked_batch_id"), optional=True), debit_after=_post_state("debit"),
+        credit_after=_post_state("credit"), fits=_transfer_fits(versions[0])))
+    progress("decode/other records", 1, steps)
+    conn.execute(_statement(_FACTS_TEMPLATE, schema, recorded_at=_recorded_at("s"), fits=_fact_fits("s")))
+    conn.execute("SET LOCAL parallel_setup_cost TO DEFAULT")
+    conn.execute("SET LOCAL parallel_tuple_cost TO DEFAULT")
+    progress("decode/check", 2, steps)
+    row = conn.execute(_statement(_CHECK_RECORDS, schema), (until,)).fetchone()
+    assert row is not None
+    misfit, cut, events, position = row
+    if misfit is not None and (cut is None or misfit < cut):
+        _refuse(conn, schema, misfit)
+    if cut is not None:  # the log is in commit order: the prefix recorded at or before `until` ends before `cut`
+        conn.execute(_statement("DELETE FROM {s}.{transfers} WHERE position >= %s", schema), (cut,))
+        conn.execute(_statement("DELETE FROM {s}.{facts} WHERE id >= %s", schema), (cut,))
+        row = conn.execute(_statement("SELECT count(*), max(position) FROM (SELECT position FROM {s}.{transfers} "
+                                      "UNION ALL SELECT id FROM {s}.{facts}) r", schema)).fetchone()
+        assert row is not None
+        events, position = row
+    events, position = int(events), int(position or 0)
+    chain_hash = GENESIS_CHAIN_HASH
+    if position:
+        found = conn.execute(_statement("SELECT convert_from(state, 'UTF8')::jsonb->>'chain_hash' FROM {s}.{log} "
+                                        "WHERE id = %s", schema), (position,)).fetchone()
+        assert found is not None
+        chain_hash = found[0]
+    progress("decode/done", steps, steps)
+    return Built(position, chain_hash, events)
+
+
+def _post_state(side: str) -> sql.Composed:
+    """A transfer's four post-state fields of one side, from its ``<side>_after`` array (1-based)."""
+    return sql.SQL(", ").join(
+        sql.SQL("r.{}[{}] AS {}").format(sql.Identifier(f"{side}_after"), sql.Literal(i + 1),
+                                         sql.Identifier(f"{side}_{name}"))
+        for i, name in enumerate(_BALANCE_FIELDS))
+
+
+def _refuse(conn: Conn, schema: str, position: int) -> None:
+    """Raises the contract's own error for the staged record at ``position`` (it does not fit the contract)."""
+    row = conn.execute(_statement("SELECT id, originator_id, originator_version, topic, state FROM {s}.{log} "
+                                  "WHERE id = %s", schema), (position,)).fetchone()
+    assert row is not None
+    LogDecoder().decode_row(*row)
+    raise MalformedEvent(f"log record {position} ({row[3]}) does not fit the contract as the set-based rebuild "
+                         "reads it, although LogDecoder accepts it: projections.rebuild_sql needs fixing")
+
+
+_ENDS: Final = """SELECT DISTINCT ON (aggregate_id) aggregate_id AS pending_id, id AS position, recorded_at,
+        CASE WHEN topic = {resolved} THEN s->>'resolution' ELSE 'expired' END AS status,
+        CASE WHEN topic = {resolved} THEN {by_transfer} END AS resolved_by
+    FROM {s}.{facts} WHERE topic IN ({resolved}, {expired}) ORDER BY aggregate_id, id DESC"""
+_EXPIRED: Final = """SELECT id AS position, aggregate_id AS pending_id, recorded_at, 'expired' AS kind,
+        {debit} AS debit_account_id, {credit} AS credit_account_id,
+        (s->>'amount_centavos')::bigint AS amount_centavos, {debit_after}, {credit_after}
+    FROM {s}.{facts} WHERE topic = {expired}"""
+
+
+_LEG: Final = """SELECT {account}, position, {transfer_id}, kind, {direction}, amount_centavos, {counterparty},
+        {debits_pending}, {debits_posted}, {credits_pending}, {credits_posted}, recorded_at FROM ({source}) legs"""
+
+
+def _legs(source: sql.Composable, transfer_id: str) -> sql.Composed:
+    """Both legs of each balance-moving event of ``source``, with each account's post-state."""
+    return sql.SQL(" UNION ALL ").join(
+        sql.SQL(_LEG).format(account=sql.Identifier(f"{mine}_account_id"), transfer_id=sql.Identifier(transfer_id),
+                             direction=sql.Literal(mine), counterparty=sql.Identifier(f"{other}_account_id"),
+                             source=source, **{name: sql.Identifier(f"{mine}_{name}") for name in _BALANCE_FIELDS})
+        for mine, other in (("debit", "credit"), ("credit", "debit")))
+
+
+#: (table, template) in load order; each reproduces the rows projections.projector leaves in that table.
+_TABLE_STEPS: Final = (
+    ("parties", """INSERT INTO {s}.parties (party_id, kind, wallet_id, registered_at, position)
+        SELECT aggregate_id, s->>'kind', {wallet}, recorded_at, id FROM {s}.{facts} WHERE topic = {party}"""),
+    ("accounts", """INSERT INTO {s}.accounts (account_id, ledger, code, flags, reference, owner_id, debit_normal,
+            opened_at, opened_position, closed_at, closed_position)
+        SELECT o.aggregate_id, (o.s->>'ledger')::integer, (o.s->>'code')::integer,
+            CASE WHEN c.id IS NULL THEN (o.s->>'flags')::integer ELSE (c.s->>'flags')::integer END, o.s->>'reference',
+            CASE WHEN coalesce(o.s->'class_version', '1') = '1' THEN NULL ELSE {owner} END,
+            (o.s->>'code')::integer = ANY({debit_normal}::integer[]), o.recorded_at, o.id, c.recorded_at, c.id
+        FROM {s}.{facts} o LEFT JOIN (
+            SELECT DISTINCT ON (aggregate_id) aggregate_id, id, s, recorded_at FROM {s}.{facts}
+            WHERE topic = {closed} ORDER BY aggregate_id, id DESC) c ON c.aggregate_id = o.aggregate_id
+        WHERE o.topic = {opened}"""),
+    ("transfers", """INSERT INTO {s}.transfers (transfer_id, key, kind, ledger, code, debit_account_id,
+            credit_account_id, amount_centavos, requested_amount_centavos, pending_id, timeout_s, reference,
+            linked_batch_id, status, resolved_by, resolved_at, resolved_position, recorded_at, position)
+        SELECT t.transfer_id, t.key, t.kind, t.ledger, t.code, t.debit_account_id, t.credit_account_id,
+            t.amount_centavos, t.requested_amount_centavos, t.pending_id, t.timeout_s, t.reference, t.linked_batch_id,
+            CASE WHEN e.position IS NULL THEN {status} ELSE e.status END, e.resolved_by, e.recorded_at, e.position,
+            t.recorded_at, t.position
+        FROM {s}.{transfers} t LEFT JOIN ({ends}) e ON e.pending_id = t.transfer_id"""),
+    ("entries", """INSERT INTO {s}.entries (account_id, position, transfer_id, kind, direction, amount_centavos,
+            counterparty_account_id, debits_pending, debits_posted, credits_pending, credits_posted, recorded_at)
+        {transfer_legs} UNION ALL {expiry_legs}"""),
+    # The latest post-state of each account is its latest entry (one per account and position), else the zeros of
+    # its opening: one look-up per account in the entries' primary key.
+    ("balances", """INSERT INTO {s}.balances (account_id, debits_pending, debits_posted, credits_pending,
+            credits_posted, position, changed_at)
+        SELECT a.account_id, coalesce(e.debits_pending, 0), coalesce(e.debits_posted, 0),
+            coalesce(e.credits_pending, 0), coalesce(e.credits_posted, 0), coalesce(e.position, a.opened_position),
+            coalesce(e.recorded_at, a.opened_at)
+        FROM {s}.accounts a LEFT JOIN LATERAL (
+            SELECT x.debits_pending, x.debits_posted, x.credits_pending, x.credits_posted, x.position, x.recorded_at
+            FROM {s}.entries x WHERE x.account_id = a.account_id ORDER BY x.position DESC LIMIT 1) e ON true"""),
+    ("holds", """INSERT INTO {s}.holds (transfer_id, debit_account_id, credit_account_id, amount_centavos,
+            expires_at, created_at, position)
+        SELECT t.transfer_id, t.debit_account_id, t.credit_account_id, t.amount_centavos,
+            CASE WHEN t.timeout_s <> 0 THEN t.recorded_at + make_interval(secs => t.timeout_s) END,
+            t.recorded_at, t.position
+        FROM {s}.{transfers} t WHERE t.kind = 'pending' AND NOT EXISTS (
+            SELECT 1 FROM {s}.{facts} e WHERE e.topic IN ({resolved}, {expired})
+            AND e.aggregate_id = t.transfer_id)"""),
+)
+_COMMON: Final[dict[str, sql.Composable]] = {
+    "wallet": _uuid(_field("s", "wallet_id")),
+    "owner": _uuid(_field("o.s", "owner_id"), optional=True),
+    "debit_normal": _array(tuple(int(code) for code in AccountCode if is_debit_normal(code))),
+    "status": sql.SQL("CASE t.kind {} END").format(sql.SQL(" ").join(
+        sql.SQL("WHEN {} THEN {}").format(sql.Literal(kind), sql.Literal(status))
+        for kind, status in _STATUS_OF_KIND.items())),
+    "by_transfer": _uuid(_field("s", "by_transfer_id")),
+    "debit": _uuid(_field("s", "debit_account_id")),
+    "credit": _uuid(_field("s", "credit_account_id")),
+    "debit_after": _balances("s", "debit"),
+    "credit_after": _balances("s", "credit"),
+}
+
+
+def _fragments(schema: str) -> dict[str, sql.Composable]:
+    """What the table templates name besides the schema, the scratch tables and the topics."""
+    return {
+        **_COMMON,
+        "ends": _statement(_ENDS, schema, **_COMMON),
+        "transfer_legs": _legs(_statement("SELECT * FROM {s}.{transfers}", schema), "transfer_id"),
+        "expiry_legs": _legs(_statement(_EXPIRED, schema, **_COMMON), "pending_id"),
+    }
+
+
+#: What the projector's row changes refuse (``ProjectionBug`` of the change buffer and the store, or an assertion
+#: of the projector), counted; run once the tables have their primary keys.
+_CHECKS: Final = """SELECT
+    (SELECT count(*) FROM {s}.{facts} c WHERE c.topic = {closed}
+        AND NOT EXISTS (SELECT 1 FROM {s}.accounts a WHERE a.account_id = c.aggregate_id)),
+    (SELECT count(*) FROM {s}.{facts} e WHERE e.topic IN ({resolved}, {expired})
+        AND NOT EXISTS (SELECT 1 FROM {s}.transfers t WHERE t.transfer_id = e.aggregate_id AND t.kind = 'pending')),
+    (SELECT count(*) - count(DISTINCT aggregate_id) FROM {s}.{facts} WHERE topic IN ({resolved}, {expired})),
+    (SELECT count(*) FROM {s}.{facts} WHERE topic = {resolved}
+        AND s->>'resolution' IS DISTINCT FROM 'posted' AND s->>'resolution' IS DISTINCT FROM 'voided'),
+    (SELECT count(*) FROM {s}.{transfers} WHERE kind IS NULL OR kind <> ALL({kinds}::text[]))"""
+_CHECK_NAMES: Final = ("closes of an account never opened", "resolutions of a transfer that is not pending",
+                       "pending transfers ended more than once", "resolutions neither posted nor voided",
+                       "transfers of an unknown kind")
+
+
+def _check(conn: Conn, schema: str) -> None:
+    row = conn.execute(_statement(_CHECKS, schema, kinds=_array(tuple(_STATUS_OF_KIND)))).fetchone()
+    assert row is not None
+    problems = [f"{count} {name}" for count, name in zip(row, _CHECK_NAMES, strict=True) if count]
+    if problems:
+        raise ProjectionBug("the log's events do not make consistent rows: " + ", ".join(problems))
