@@ -78,7 +78,7 @@ GENESIS_CHAIN_HASH: Final = "0" * 64
 #: event keeps its id, so duplicates are recognisable by anyone.
 EVENT_ID_NAMESPACE: Final = uuid.UUID("5d0f3f9e-8b51-5c0e-a3c9-0e6b7f1d2a44")
 #: Where the ledger's domain events live (the ``topic`` of a stored record is ``<module>:<class name>``).
-_DOMAIN_MODULE: Final = "ledger.events"
+DOMAIN_MODULE: Final = "ledger.events"
 
 #: Accounts whose balance is debits minus credits (assets); every other account is credits minus debits.
 _DEBIT_NORMAL_CODES: Final = frozenset({AccountCode.PIX_SETTLEMENT, AccountCode.LOAN_RECEIVABLE})
@@ -691,12 +691,14 @@ class LogDecoder:
                    stored_state: bytes) -> IntegrationEvent:
         """``decode`` for a record given as its fields (what a bulk reader of the log has)."""
         module, _, type_name = topic.partition(":")
-        if module != _DOMAIN_MODULE or type_name not in PUBLISHED_VERSION:
+        if module != DOMAIN_MODULE or type_name not in PUBLISHED_VERSION:
             raise UnknownEventType(f"log record {position} has topic {topic!r}, unknown to the contract")
         try:
             state = _decode_state(stored_state.decode())
         except (ValueError, UnicodeDecodeError, AttributeError) as exc:
             raise MalformedEvent(f"log record {position} is not the ledger's JSON: {exc}") from None
+        if not isinstance(state, dict):
+            raise MalformedEvent(f"log record {position} is JSON but not an object: {type(state).__name__}")
         stored_version = state.get("class_version", 1)
         build = STORED_VERSIONS.get((type_name, stored_version))
         if build is None:

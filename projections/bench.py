@@ -61,17 +61,33 @@ READY_TIMEOUT_S = 60.0
 SAMPLE_WAIT_MS = 5_000
 
 
+def register_bench(subsystems: Any) -> None:
+    """``razao bench projection`` and ``razao bench rebuild`` (a ``razao.bench`` entry point)."""
+    _add_projection(subsystems)
+    _add_rebuild(subsystems)
+
+
 def register_cli(subparsers: Any) -> None:
-    parser = subparsers.add_parser("bench-read", help="benchmarks of the read side (projection lag, rebuild)")
+    """``razao bench-read projection|rebuild``: the same benchmarks under their earlier name."""
+    parser = subparsers.add_parser("bench-read", help="benchmarks of the read side (same as razao bench "
+                                                      "projection|rebuild)")
     sub = parser.add_subparsers(dest="bench_read_command", required=True)
-    lag = sub.add_parser("projection", help="commit-to-query lag at a sustained transfer rate")
+    _add_projection(sub)
+    _add_rebuild(sub)
+
+
+def _add_projection(subparsers: Any) -> None:
+    lag = subparsers.add_parser("projection", help="commit-to-query lag of the read side at a sustained rate")
     lag.add_argument("--seconds", type=float, default=30.0, help="measured seconds (after a warm-up)")
     lag.add_argument("--rate", type=float, default=1000.0, help="transfers per second")
     lag.add_argument("--sample-every", type=int, default=10, help="measure one transfer in N")
     lag.add_argument("--warmup-s", type=float, default=3.0)
     lag.add_argument("--json", type=Path, help="write the results here")
     lag.set_defaults(func=_cli_projection)
-    build = sub.add_parser("rebuild", help="events/s of a full rebuild vs the raw read of the log")
+
+
+def _add_rebuild(subparsers: Any) -> None:
+    build = subparsers.add_parser("rebuild", help="events/s of a full read-model rebuild vs the raw read of the log")
     build.add_argument("--events", type=int, default=200_000, help="transfers to write first")
     build.add_argument("--ledger-dsn", help="rebuild an existing ledger instead of writing one")
     build.add_argument("--repeat", type=int, default=3, help="runs of each raw read and set-based rebuild (medians)")

@@ -69,7 +69,7 @@ class Delete(NamedTuple):
 Change = Insert | Upsert | Update | Delete
 
 #: What each transfer kind leaves its transfer row as, before any resolution.
-_STATUS_OF_KIND = {"single": "posted", "pending": "pending", "post_pending": "posted", "void_pending": "voided"}
+STATUS_OF_KIND = {"single": "posted", "pending": "pending", "post_pending": "posted", "void_pending": "voided"}
 
 
 def project(event: IntegrationEvent) -> list[Change]:
@@ -129,7 +129,7 @@ def _transfer(event: IntegrationEvent) -> list[Change]:
     changes: list[Change] = [
         Insert(TRANSFERS, (p.transfer_id, p.key, p.kind, p.ledger, p.code, p.debit_account_id, p.credit_account_id,
                            p.amount_centavos, p.requested_amount_centavos, p.pending_id, p.timeout_s, p.reference,
-                           p.linked_batch_id, _STATUS_OF_KIND[p.kind], None, None, None, event.recorded_at,
+                           p.linked_batch_id, STATUS_OF_KIND[p.kind], None, None, None, event.recorded_at,
                            event.position)),
         *_balance_rows(event, p.balances),
         *_entries(event, p.transfer_id, p.kind, p.amount_centavos, p.balances),

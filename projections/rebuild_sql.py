@@ -38,7 +38,7 @@ from typing import Any, Final
 from psycopg import sql
 
 from ledger.contracts import (
-    _DOMAIN_MODULE,  # the module every stored topic must name (private to the contract, which has no public name)
+    DOMAIN_MODULE,  # the module every stored topic must name
     GENESIS_CHAIN_HASH,
     STORED_VERSIONS,
     AccountCode,
@@ -47,7 +47,7 @@ from ledger.contracts import (
     is_debit_normal,
 )
 from projections.bootstrap import RAW_LOG_COLUMNS, NotificationLog
-from projections.projector import _STATUS_OF_KIND
+from projections.projector import STATUS_OF_KIND
 from projections.store import Conn, ProjectionBug
 
 #: ``progress(stage, done, total)``: the stage's name, how far it got and where it ends (``None``: unknown). A stage
@@ -134,7 +134,7 @@ _SCRATCH: Final = {"log": "_rebuild_log", "transfers": "_rebuild_transfers", "fa
 
 def topic(type_name: str) -> str:
     """The stored topic of a ledger event type (``<module>:<class name>``)."""
-    return f"{_DOMAIN_MODULE}:{type_name}"
+    return f"{DOMAIN_MODULE}:{type_name}"
 
 
 _TOPICS: Final = {name: sql.Literal(topic(type_name)) for name, type_name in (
@@ -482,7 +482,7 @@ _COMMON: Final[dict[str, sql.Composable]] = {
     "debit_normal": _array(tuple(int(code) for code in AccountCode if is_debit_normal(code))),
     "status": sql.SQL("CASE t.kind {} END").format(sql.SQL(" ").join(
         sql.SQL("WHEN {} THEN {}").format(sql.Literal(kind), sql.Literal(status))
-        for kind, status in _STATUS_OF_KIND.items())),
+        for kind, status in STATUS_OF_KIND.items())),
     "by_transfer": _uuid(_field("s", "by_transfer_id")),
     "debit": _uuid(_field("s", "debit_account_id")),
     "credit": _uuid(_field("s", "credit_account_id")),
@@ -518,7 +518,7 @@ _CHECK_NAMES: Final = ("closes of an account never opened", "resolutions of a tr
 
 
 def _check(conn: Conn, schema: str) -> None:
-    row = conn.execute(_statement(_CHECKS, schema, kinds=_array(tuple(_STATUS_OF_KIND)))).fetchone()
+    row = conn.execute(_statement(_CHECKS, schema, kinds=_array(tuple(STATUS_OF_KIND)))).fetchone()
     assert row is not None
     problems = [f"{count} {name}" for count, name in zip(row, _CHECK_NAMES, strict=True) if count]
     if problems:
