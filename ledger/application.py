@@ -143,7 +143,8 @@ class LedgerApplication(Application[UUID]):
         records are immutable, so they are only copied as tables here (cheap) and encoded by the returned
         function."""
         position, chain_hash = state.position, state.chain_hash
-        accounts = [a.row() for a in state.accounts.values()]
+        # Plain tuples now (about 0.3 µs an account); their rows, with ids as text, are built later by ``build``.
+        accounts = [a.values() for a in state.accounts.values()]
         pending = [p.row() for p in state.pending.values()]
         parties = [p.row() for p in state.parties.values()]
         pix = state.pix.frozen()
@@ -151,7 +152,8 @@ class LedgerApplication(Application[UUID]):
         def build() -> LedgerCheckpoint:
             return LedgerCheckpoint(
                 originator_id=CHECKPOINT_ID, originator_version=position, timestamp=datetime.now(UTC),
-                position=position, chain_hash=chain_hash, accounts=accounts, pending=pending, parties=parties,
+                position=position, chain_hash=chain_hash, accounts=_account_rows(accounts, pause), pending=pending,
+                parties=parties,
                 pix=encode_tables(pix, pause),
             )
 
@@ -196,6 +198,19 @@ class LedgerApplication(Application[UUID]):
         for transfer_id, (event, position) in by_id.items():
             if transfer_id not in state.transfers:
                 state.remember(event, position, endings.get(transfer_id))
+
+
+#: Account rows built between two calls of a checkpoint's ``pause``.
+CHECKPOINT_ACCOUNTS_CHUNK = 2_000
+
+
+def _account_rows(values: list[tuple[Any, ...]], pause: Callable[[], None] | None) -> list[list[object]]:
+    rows: list[list[object]] = []
+    for start in range(0, len(values), CHECKPOINT_ACCOUNTS_CHUNK):
+        rows.extend(Account.row_of(v) for v in values[start:start + CHECKPOINT_ACCOUNTS_CHUNK])
+        if pause is not None:
+            pause()
+    return rows
 
 
 def restore_checkpoint(state: LedgerState, checkpoint: LedgerCheckpoint) -> None:

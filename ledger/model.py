@@ -181,8 +181,18 @@ class Account:
         self.debits_pending, self.debits_posted, self.credits_pending, self.credits_posted = after
 
     def row(self) -> list[object]:
-        owner = str(self.owner_id) if self.owner_id else None
-        return [str(self.id), self.ledger, self.code, self.flags, self.reference, *self.balances(), self.version, owner]
+        return Account.row_of(self.values())
+
+    def values(self) -> tuple[Any, ...]:
+        """Every field, as they are now (a cheap copy: a checkpoint takes one of every account in the writer)."""
+        return (self.id, self.ledger, self.code, self.flags, self.reference, self.debits_pending, self.debits_posted,
+                self.credits_pending, self.credits_posted, self.version, self.owner_id)
+
+    @staticmethod
+    def row_of(values: tuple[Any, ...]) -> list[object]:
+        """The checkpoint row of ``values()`` (ids as text)."""
+        owner = values[10]
+        return [str(values[0]), *values[1:10], str(owner) if owner else None]
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> Account:
