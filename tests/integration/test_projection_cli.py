@@ -97,3 +97,18 @@ def test_razao_up_starts_the_relay_projector_and_query_api(settings: Settings) -
         spec = specs[name]
         assert spec.argv[1:3] == ("-m", module) and spec.health_url and spec.health_url.endswith("/health")
     assert len({specs[n].health_url for n in ("relay", "projector", "query-api")}) == 3
+
+
+def test_the_projection_benchmark_measures_commit_to_query_lag(razao, settings: Settings, tmp_path) -> None:
+    """`razao bench projection`: relay, projector and query API as processes, a short load, every sample answered."""
+    import json
+
+    out = tmp_path / "projection.json"
+    run = razao("bench", "projection", "--seconds", "3", "--rate", "200", "--sample-every", "4", "--warmup-s", "1",
+                "--json", str(out), check=False)
+    assert run.returncode == 0, run.stderr  # the p99 target is reported, not enforced
+    report = json.loads(out.read_text())
+    assert report["errors"] == 0
+    assert report["committed_transfers"] >= 150 and report["samples"] >= 100
+    assert 0 < report["p50_ms"] <= report["p99_ms"] <= report["max_ms"] < 5_000
+    assert report["stages"]["projector"]["razao_projector_batch_seconds_count"] > 0
