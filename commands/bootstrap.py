@@ -29,6 +29,18 @@ class LedgerRuntime:
         self.app.close()
 
 
+def open_ledger_app(dsn: str, *, pool_size: int = 4) -> LedgerApplication:
+    """The ledger application on the Postgres at ``dsn`` (created if missing), for reading or for a writer.
+
+    Opening it creates its tables and functions if needed (``CREATE ... IF NOT EXISTS``, ``CREATE OR REPLACE``),
+    which Postgres does not serialise: processes opening the ledger at the same moment (the API and the relay under
+    ``razao up``) take turns under the schema set-up lock, or one of them fails with "tuple concurrently updated".
+    """
+    ensure_database(dsn)
+    with schema_setup(dsn):
+        return LedgerApplication(env={**postgres_env(dsn, pool_size=pool_size), **ledger_env()})
+
+
 def build_ledger(
     dsn: str | None = None, *, start: bool = True, pool_size: int = 4, **writer_options: Any
 ) -> LedgerRuntime:
@@ -39,8 +51,7 @@ def build_ledger(
     dsn = dsn or load_settings().pg_dsn
     ensure_database(dsn)
     check_durability(dsn)
-    with schema_setup(dsn):  # the application creates its tables and functions on construction
-        app = LedgerApplication(env={**postgres_env(dsn, pool_size=pool_size), **ledger_env()})
+    app = open_ledger_app(dsn, pool_size=pool_size)
     holder = f"{socket.gethostname()}:{os.getpid()}"
     recorder = app.recorder
     writer = LedgerWriter(app, PostgresWriterLease(dsn, holder), PostgresTransferLookup(recorder),  # type: ignore[arg-type]

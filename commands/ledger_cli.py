@@ -11,9 +11,8 @@ import argparse
 import time
 from typing import Any
 
-from infra.postgres_store import postgres_env
+from commands.bootstrap import open_ledger_app
 from infra.settings import load_settings
-from ledger.application import LedgerApplication, ledger_env
 
 
 def register_cli(subparsers: Any) -> None:
@@ -26,7 +25,7 @@ def register_cli(subparsers: Any) -> None:
 
 def run_verify(args: argparse.Namespace) -> int:
     dsn = args.dsn or load_settings().pg_dsn
-    app = LedgerApplication(env={**postgres_env(dsn, pool_size=1), **ledger_env()})
+    app = open_ledger_app(dsn, pool_size=1)
     started = time.perf_counter()
     try:
         state = app.load_state(use_checkpoint=False)

@@ -44,12 +44,11 @@ from kafka.admin import KafkaAdminClient, NewTopic  # type: ignore[import-untype
 from kafka.errors import KafkaError, TopicAlreadyExistsError  # type: ignore[import-untyped]
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from commands.bootstrap import build_ledger
+from commands.bootstrap import build_ledger, open_ledger_app
 from infra.platform import ServiceSpec
-from infra.postgres_store import postgres_env
 from infra.processes import free_port, port_is_free
-from infra.settings import Settings, ensure_database, load_settings
-from ledger.application import LedgerApplication, ledger_env
+from infra.settings import Settings, load_settings
+from ledger.application import LedgerApplication
 from ledger.chart import REQUIRED_FLAGS, AccountCode
 from ledger.contracts import GENESIS_CHAIN_HASH, LEDGER_TOPIC, ContractError, LogDecoder
 from ledger.model import CreateTransfer, OpenAccount
@@ -436,8 +435,7 @@ def serve_metrics(relay: Relay, port: int) -> ThreadingHTTPServer:
 
 
 def relay_app(dsn: str) -> LedgerApplication:
-    ensure_database(dsn)
-    return LedgerApplication(env={**postgres_env(dsn, pool_size=2), **ledger_env()})
+    return open_ledger_app(dsn, pool_size=2)
 
 
 def run_relay(dsn: str, bootstrap: str, *, name: str = "ledger", topic: str = LEDGER_TOPIC, port: int | None = None,

@@ -86,34 +86,59 @@ class FencedApplicationRecorder(PostgresApplicationRecorder):
 
     def create_table(self) -> None:
         super().create_table()
-        with self.datastore.transaction(commit=True) as curs:
-            curs.execute(self._append_function_ddl())
+        # Every process that opens the ledger (API, relay, `razao ledger verify`) runs this, some at the same moment
+        # and not all under the schema set-up lock: replace the function only when its body differs, and accept
+        # losing a race to another process that created the same body.
+        body = self._append_function_body()
+        if self._append_function_source() == body:
+            return
+        try:
+            with self.datastore.transaction(commit=True) as curs:
+                curs.execute(self._append_function_ddl(body))
+        except Exception:
+            if self._append_function_source() != body:
+                raise
+
+    def _append_function_name(self) -> str:
+        return f"razao_append_{self.events_table_name}"
 
     def _append_function(self) -> sql.Composed:
         schema = self.datastore.schema or "public"
-        return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(f"razao_append_{self.events_table_name}"))
+        return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(self._append_function_name()))
 
-    def _append_function_ddl(self) -> sql.Composed:
+    def _append_function_source(self) -> str | None:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute("SELECT p.prosrc FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+                         "WHERE n.nspname = %s AND p.proname = %s",
+                         (self.datastore.schema or "public", self._append_function_name()))
+            row = curs.fetchone()
+        return None if row is None else str(row["prosrc"])
+
+    def _append_function_body(self) -> str:
         schema = self.datastore.schema or "public"
+        table = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(self.events_table_name))
+        with self.datastore.get_connection() as conn:
+            return sql.SQL(
+                "\nBEGIN\n"
+                "    IF expected_epoch IS NOT NULL THEN\n"
+                "        PERFORM razao_assert_writer_epoch(lease, expected_epoch);\n"
+                "    END IF;\n"
+                "    SET LOCAL lock_timeout = '{lock_timeout}s';\n"
+                "    LOCK TABLE {table} IN EXCLUSIVE MODE;\n"
+                "    NOTIFY {channel};\n"
+                "    RETURN QUERY INSERT INTO {table} (originator_id, originator_version, topic, state)\n"
+                "        SELECT * FROM unnest(ids, versions, topics, states) RETURNING notification_id;\n"
+                "END "
+            ).format(
+                lock_timeout=sql.SQL(str(int(self.datastore.lock_timeout))), table=table,
+                channel=sql.Identifier(self.channel_name),
+            ).as_string(conn)
+
+    def _append_function_ddl(self, body: str) -> sql.Composed:
         return sql.SQL(
             "CREATE OR REPLACE FUNCTION {function}(lease text, expected_epoch bigint, ids uuid[], versions bigint[], "
-            "topics text[], states bytea[]) RETURNS SETOF bigint LANGUAGE plpgsql AS $body$\n"
-            "BEGIN\n"
-            "    IF expected_epoch IS NOT NULL THEN\n"
-            "        PERFORM razao_assert_writer_epoch(lease, expected_epoch);\n"
-            "    END IF;\n"
-            "    SET LOCAL lock_timeout = '{lock_timeout}s';\n"
-            "    LOCK TABLE {table} IN EXCLUSIVE MODE;\n"
-            "    NOTIFY {channel};\n"
-            "    RETURN QUERY INSERT INTO {table} (originator_id, originator_version, topic, state)\n"
-            "        SELECT * FROM unnest(ids, versions, topics, states) RETURNING notification_id;\n"
-            "END $body$"
-        ).format(
-            function=self._append_function(),
-            lock_timeout=sql.SQL(str(int(self.datastore.lock_timeout))),
-            table=sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(self.events_table_name)),
-            channel=sql.Identifier(self.channel_name),
-        )
+            "topics text[], states bytea[]) RETURNS SETOF bigint LANGUAGE plpgsql AS {body}"
+        ).format(function=self._append_function(), body=sql.Literal(body))
 
     def _append_statement(self) -> sql.Composed:
         statement: sql.Composed | None = getattr(self, "_append", None)

@@ -361,3 +361,42 @@ def test_a_writer_refuses_to_start_on_a_tampered_log_and_releases_its_lease(ledg
     for _ in range(2):  # the failed start released the lease: the second attempt fails the same way, not busy
         with pytest.raises(AssertionError, match="chain broken"):
             ledgers.build()
+
+
+def test_processes_opening_the_ledger_together_all_succeed(fresh_database: str) -> None:
+    """The API, the relay and `razao ledger verify` open the ledger (and create its tables and functions) on their
+    own; opened at the same moment, none may fail on Postgres's unserialised DDL ("tuple concurrently updated")."""
+    from commands.bootstrap import open_ledger_app
+
+    runtime = build_ledger(fresh_database)  # the tables exist, as when the API started first
+    runtime.close()
+    with psycopg.connect(fresh_database, autocommit=True) as conn:  # an older append function, replaced on open
+        conn.execute("CREATE OR REPLACE FUNCTION razao_append_ledger_events(lease text, expected_epoch bigint, "
+                     "ids uuid[], versions bigint[], topics text[], states bytea[]) RETURNS SETOF bigint "
+                     "LANGUAGE plpgsql AS $$BEGIN RETURN; END$$")
+    failures: list[BaseException] = []
+    start = threading.Barrier(6)
+
+    def open_and_close() -> None:
+        start.wait()
+        try:
+            open_ledger_app(fresh_database, pool_size=1).close()
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=open_and_close) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    # And the function they left is the one that appends: an account opened through it is in the log.
+    runtime = build_ledger(fresh_database)
+    try:
+        account = uuid.uuid4()
+        opened = runtime.writer.open_account(OpenAccount(account, AccountCode.INVESTOR_WALLET,
+                                                         REQUIRED_FLAGS[AccountCode.INVESTOR_WALLET]))
+        assert opened.position is not None
+        assert [n.originator_id for n in runtime.app.recorder.select_notifications(opened.position, 1)] == [account]
+    finally:
+        runtime.close()
