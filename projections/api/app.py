@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg_pool import ConnectionPool
 from starlette.responses import JSONResponse, Response
 
@@ -17,6 +18,7 @@ from projections.api.auth import TokenVerifier
 from projections.api.cursor import Cursors
 from projections.api.deps import QueryContext
 from projections.api.hub import Hub
+from projections.api.metrics import MetricsMiddleware, build_metrics
 from projections.api.present import valor
 from projections.api.queries import Queries, Row, signed
 from projections.api.ratelimit import RateLimiter
@@ -77,6 +79,14 @@ def create_app(read_dsn: str, *, public_key_files: tuple[Path, ...], cursor_secr
     problems.install(app)
     for module in (accounts, parties, transfers, audit, stream):
         app.include_router(module.router)
+    metrics = build_metrics(lambda: hub.position, lambda: 1.0 if hub.halted_reason else 0.0,
+                            lambda: float(hub.subscribers))
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    @app.get("/metrics", tags=["ops"], include_in_schema=False)
+    def prometheus() -> Response:
+        """Prometheus text (no token, like /health: bind the port privately in production)."""
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/health", tags=["ops"])
     def health() -> Response:

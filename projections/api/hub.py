@@ -145,6 +145,12 @@ class Hub:
                     self._waiters.remove(waiter)
 
     # ---- streams ----------------------------------------------------------------------------------------------
+    @property
+    def subscribers(self) -> int:
+        """Clients following the real-time stream now."""
+        with self._lock:
+            return len(self._subscriptions)
+
     def subscribe(self, accounts: frozenset[str] | None, party_id: str | None) -> Subscription:
         loop = asyncio.get_running_loop()
         subscription = Subscription(loop, asyncio.Queue(maxsize=STREAM_QUEUE_EVENTS_MAX), accounts, party_id)

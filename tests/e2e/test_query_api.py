@@ -114,6 +114,22 @@ def test_command_then_query_reads_its_own_write(platform: Platform) -> None:
     assert (transfer["valor"], transfer["status"], transfer["code"]) == ("110.00", "posted", 10)
 
 
+def test_metrics_count_requests_by_route_and_follow_the_projection(platform: Platform, ana: dict[str, Any]) -> None:
+    owner = platform.reader("investor", ana["id"])
+    for _ in range(3):
+        assert owner.get(f"/v1/accounts/{ana['wallet_id']}/balance").status_code == 200
+    assert owner.get("/v1/no-such-route").status_code == 404
+    response = httpx.get(f"{platform.query_url}/metrics", timeout=10)  # no token, like /health
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+               for line in response.text.splitlines() if line and not line.startswith("#")}
+    balance = 'razao_query_requests_total{method="GET",route="/v1/accounts/{account_id}/balance",status="200"}'
+    assert samples[balance] >= 3
+    assert samples['razao_query_requests_total{method="other",route="unmatched",status="404"}'] >= 1
+    assert samples["razao_query_projection_position"] >= ana["deposit"]["position"]
+    assert samples["razao_query_projection_halted"] == 0
+
+
 def test_a_position_not_reached_in_time_is_a_503_problem(platform: Platform, ana: dict[str, Any]) -> None:
     owner = platform.reader("investor", ana["id"])
     response = owner.get(f"/v1/accounts/{ana['wallet_id']}/balance", params={"min_position": 10**15, "wait_ms": 200})
