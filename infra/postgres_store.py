@@ -86,18 +86,12 @@ class FencedApplicationRecorder(PostgresApplicationRecorder):
 
     def create_table(self) -> None:
         super().create_table()
-        # Every process that opens the ledger (API, relay, `razao ledger verify`) runs this, some at the same moment
-        # and not all under the schema set-up lock: replace the function only when its body differs, and accept
-        # losing a race to another process that created the same body.
+        # Every process that opens the ledger runs this (under the schema set-up lock: commands.bootstrap.
+        # open_ledger_app); the function is replaced only when its body differs, so opening is otherwise read-only.
         body = self._append_function_body()
-        if self._append_function_source() == body:
-            return
-        try:
+        if self._append_function_source() != body:
             with self.datastore.transaction(commit=True) as curs:
                 curs.execute(self._append_function_ddl(body))
-        except Exception:
-            if self._append_function_source() != body:
-                raise
 
     def _append_function_name(self) -> str:
         return f"razao_append_{self.events_table_name}"
@@ -117,22 +111,21 @@ class FencedApplicationRecorder(PostgresApplicationRecorder):
     def _append_function_body(self) -> str:
         schema = self.datastore.schema or "public"
         table = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(self.events_table_name))
-        with self.datastore.get_connection() as conn:
-            return sql.SQL(
-                "\nBEGIN\n"
-                "    IF expected_epoch IS NOT NULL THEN\n"
-                "        PERFORM razao_assert_writer_epoch(lease, expected_epoch);\n"
-                "    END IF;\n"
-                "    SET LOCAL lock_timeout = '{lock_timeout}s';\n"
-                "    LOCK TABLE {table} IN EXCLUSIVE MODE;\n"
-                "    NOTIFY {channel};\n"
-                "    RETURN QUERY INSERT INTO {table} (originator_id, originator_version, topic, state)\n"
-                "        SELECT * FROM unnest(ids, versions, topics, states) RETURNING notification_id;\n"
-                "END "
-            ).format(
-                lock_timeout=sql.SQL(str(int(self.datastore.lock_timeout))), table=table,
-                channel=sql.Identifier(self.channel_name),
-            ).as_string(conn)
+        return sql.SQL(
+            "\nBEGIN\n"
+            "    IF expected_epoch IS NOT NULL THEN\n"
+            "        PERFORM razao_assert_writer_epoch(lease, expected_epoch);\n"
+            "    END IF;\n"
+            "    SET LOCAL lock_timeout = '{lock_timeout}s';\n"
+            "    LOCK TABLE {table} IN EXCLUSIVE MODE;\n"
+            "    NOTIFY {channel};\n"
+            "    RETURN QUERY INSERT INTO {table} (originator_id, originator_version, topic, state)\n"
+            "        SELECT * FROM unnest(ids, versions, topics, states) RETURNING notification_id;\n"
+            "END "
+        ).format(
+            lock_timeout=sql.SQL(str(int(self.datastore.lock_timeout))), table=table,
+            channel=sql.Identifier(self.channel_name),
+        ).as_string(None)
 
     def _append_function_ddl(self, body: str) -> sql.Composed:
         return sql.SQL(
