@@ -223,6 +223,73 @@ class SteppingClock:
         self.now += timedelta(seconds=seconds)
 
 
+#: Distinct valid CPFs for the parties of random histories.
+CPFS = ["52998224725", "11144477735", "12345678909", "98765432100", "39053344705", "71428793860"]
+
+
+def random_ledger_history(ops: list[tuple[int, int, int, int]], *, clock: SteppingClock,
+                          hold_timeout_mod: int) -> Any:
+    """Random commands on an in-memory ledger (refused ones are just refused): the ``LedgerApplication``.
+
+    Each op is ``(kind, a, b, amount)``: 0 registers a party and funds its wallet, 1 opens a fee account, 2 moves
+    money, 3 holds (timing out after ``amount % hold_timeout_mod * 2`` s), 4 posts (in part) or voids a hold, 5
+    closes an account, 6 commits a linked pair. The clock moves one to three seconds before each op.
+    """
+    from ledger import errors
+    from ledger.application import LedgerApplication, ledger_env
+    from ledger.chart import REQUIRED_FLAGS, AccountCode
+    from ledger.inmemory import InMemoryWriterLease, RecorderTransferLookup
+    from ledger.model import CloseAccount, CreateLinkedTransfers, CreateTransfer, OpenAccount
+    from ledger.parties import RegisterParty
+    from ledger.writer import LedgerWriter
+
+    app = LedgerApplication(env={"PERSISTENCE_MODULE": "eventsourcing.popo", **ledger_env()})
+    writer = LedgerWriter(app, InMemoryWriterLease(f"history-{uuid.uuid4()}"), RecorderTransferLookup(app.recorder),
+                          clock=clock).start()
+    try:
+        settlement = uuid.uuid4()
+        writer.open_account(OpenAccount(settlement, AccountCode.PIX_SETTLEMENT,
+                                        int(REQUIRED_FLAGS[AccountCode.PIX_SETTLEMENT])))
+        accounts, holds, parties = [settlement], [], 0
+        for n, (op, a, b, amount) in enumerate(ops):
+            clock.tick(1 + amount % 3)
+            pick = lambda i: accounts[i % len(accounts)]  # noqa: E731
+            try:
+                if op == 0 and parties < len(CPFS):
+                    party = writer.register_party(RegisterParty(f"party-{n}", "investor" if a % 2 else "borrower",
+                                                                "Pessoa Teste", CPFS[parties], "p@example.com",
+                                                                "+5511987654321"))
+                    parties += 1
+                    accounts.append(party.wallet.id)
+                    writer.transfer(CreateTransfer(f"fund-{n}", settlement, party.wallet.id, 1 + amount * 100))
+                elif op == 1:
+                    account = uuid.uuid4()
+                    writer.open_account(OpenAccount(account, AccountCode.FEE_REVENUE,
+                                                    int(REQUIRED_FLAGS[AccountCode.FEE_REVENUE])))
+                    accounts.append(account)
+                elif op == 2:
+                    writer.transfer(CreateTransfer(f"t-{n}", pick(a), pick(b), 1 + amount))
+                elif op == 3:
+                    hold = writer.transfer(CreateTransfer(f"h-{n}", pick(a), pick(b), 1 + amount, kind="pending",
+                                                          timeout_s=amount % hold_timeout_mod * 2))
+                    holds.append(hold.id)
+                elif op == 4 and holds:
+                    pending = holds.pop(a % len(holds))
+                    settle = "post_pending" if b % 2 else "void_pending"
+                    partial = 1 if settle == "post_pending" and amount % 2 else None
+                    writer.transfer(CreateTransfer(f"s-{n}", None, None, partial, kind=settle, pending_id=pending))
+                elif op == 5 and len(accounts) > 2:
+                    writer.close_account(CloseAccount(pick(a)))
+                elif op == 6:
+                    writer.linked(CreateLinkedTransfers((CreateTransfer(f"l-{n}-a", pick(a), pick(b), 1 + amount),
+                                                         CreateTransfer(f"l-{n}-b", pick(b), pick(a), 1))))
+            except errors.LedgerError:
+                pass
+    finally:
+        writer.stop()
+    return app
+
+
 def e2eid(n: int) -> str:
     """An endToEndId of a Pix received on 2025-03-01 (the clock's start)."""
     return f"E30000003202503011200{n:011d}"

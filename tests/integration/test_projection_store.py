@@ -11,80 +11,25 @@ import random
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from readside_support import SteppingClock, random_ledger_history
 
-from ledger import errors
-from ledger.application import LedgerApplication, ledger_env
-from ledger.chart import REQUIRED_FLAGS, AccountCode
+from ledger.application import LedgerApplication
 from ledger.contracts import IntegrationEvent, TransferCommittedV1
-from ledger.inmemory import InMemoryWriterLease, RecorderTransferLookup
-from ledger.model import CloseAccount, CreateTransfer, OpenAccount
-from ledger.parties import RegisterParty
-from ledger.writer import LedgerWriter
 from projections.rebuild import iter_events, rebuild, table_checksums, verify
 from projections.schema import create_schema
 from projections.store import BatchRejected, ProjectionStore
 
-CPFS = ["52998224725", "11144477735", "12345678909", "98765432100", "39053344705", "71428793860"]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
 
 def ledger_history(ops: list[tuple[int, int, int, int]]) -> LedgerApplication:
     """Runs random commands on an in-memory ledger; refused ones (insufficient funds, ...) are just refused."""
-    app = LedgerApplication(env={"PERSISTENCE_MODULE": "eventsourcing.popo", **ledger_env()})
-    clock = Clock()
-    writer = LedgerWriter(app, InMemoryWriterLease(f"prop-{uuid.uuid4()}"), RecorderTransferLookup(app.recorder),
-                          clock=clock).start()
-    try:
-        settlement = uuid.uuid4()
-        writer.open_account(OpenAccount(settlement, AccountCode.PIX_SETTLEMENT,
-                                        int(REQUIRED_FLAGS[AccountCode.PIX_SETTLEMENT])))
-        accounts, holds, parties = [settlement], [], 0
-        for n, (op, a, b, amount) in enumerate(ops):
-            clock.now += timedelta(seconds=1 + amount % 3)
-            pick = lambda i: accounts[i % len(accounts)]  # noqa: E731
-            try:
-                if op == 0 and parties < len(CPFS):
-                    party = writer.register_party(RegisterParty(f"party-{n}", "investor" if a % 2 else "borrower",
-                                                                "Pessoa Teste", CPFS[parties], "p@example.com",
-                                                                "+5511987654321"))
-                    parties += 1
-                    accounts.append(party.wallet.id)
-                    writer.transfer(CreateTransfer(f"fund-{n}", settlement, party.wallet.id, 1 + amount * 100))
-                elif op == 1:
-                    account = uuid.uuid4()
-                    writer.open_account(OpenAccount(account, AccountCode.FEE_REVENUE,
-                                                    int(REQUIRED_FLAGS[AccountCode.FEE_REVENUE])))
-                    accounts.append(account)
-                elif op == 2:
-                    writer.transfer(CreateTransfer(f"t-{n}", pick(a), pick(b), 1 + amount))
-                elif op == 3:
-                    hold = writer.transfer(CreateTransfer(f"h-{n}", pick(a), pick(b), 1 + amount, kind="pending",
-                                                          timeout_s=amount % 2 * 2))
-                    holds.append(hold.id)
-                elif op == 4 and holds:
-                    pending = holds.pop(a % len(holds))
-                    settle = "post_pending" if b % 2 else "void_pending"
-                    partial = 1 if settle == "post_pending" and amount % 2 else None
-                    writer.transfer(CreateTransfer(f"s-{n}", None, None, partial, kind=settle, pending_id=pending))
-                elif op == 5 and len(accounts) > 2:
-                    writer.close_account(CloseAccount(pick(a)))
-            except errors.LedgerError:
-                pass
-    finally:
-        writer.stop()
+    app: LedgerApplication = random_ledger_history(
+        ops, clock=SteppingClock(datetime(2026, 11, 29, 12, 0, tzinfo=UTC)), hold_timeout_mod=2)
     return app
 
 

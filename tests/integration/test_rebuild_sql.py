@@ -28,6 +28,7 @@ from readside_support import (
     append_record,
     delete_record,
     dumps,
+    random_ledger_history,
     stored_state,
     stored_uuid,
     write_every_kind,
@@ -35,8 +36,7 @@ from readside_support import (
 
 from commands.bootstrap import build_ledger
 from infra.settings import Settings, drop_database, ensure_database, with_database
-from ledger import errors
-from ledger.application import LedgerApplication, ledger_env
+from ledger.application import LedgerApplication
 from ledger.chart import REQUIRED_FLAGS, AccountCode
 from ledger.contracts import (
     EVENT_VERSIONS,
@@ -48,9 +48,6 @@ from ledger.contracts import (
     UnknownEventType,
     UnsupportedEventVersion,
 )
-from ledger.inmemory import InMemoryWriterLease, RecorderTransferLookup
-from ledger.model import CloseAccount, CreateLinkedTransfers, CreateTransfer, OpenAccount
-from ledger.writer import LedgerWriter
 from projections.bootstrap import LedgerLog, open_ledger_log
 from projections.rebuild import iter_events, rebuild, table_checksums
 from projections.rebuild_sql import STORED_FIELDS, STORED_WRAPPERS
@@ -388,58 +385,9 @@ def test_the_rebuild_benchmark_times_both_methods_against_every_raw_read(ledger:
 
 # ---- random histories ------------------------------------------------------------------------------------------
 
-CPFS = ["52998224725", "11144477735", "12345678909", "98765432100", "39053344705", "71428793860"]
-
-
 def random_history(ops: list[tuple[int, int, int, int]]) -> LedgerApplication:
     """Random commands on an in-memory ledger (refused ones are just refused), one to three clock seconds apart."""
-    from ledger.parties import RegisterParty
-
-    app = LedgerApplication(env={"PERSISTENCE_MODULE": "eventsourcing.popo", **ledger_env()})
-    clock = SteppingClock()
-    writer = LedgerWriter(app, InMemoryWriterLease(f"rebuild-{uuid.uuid4()}"), RecorderTransferLookup(app.recorder),
-                          clock=clock).start()
-    try:
-        settlement = uuid.uuid4()
-        writer.open_account(OpenAccount(settlement, AccountCode.PIX_SETTLEMENT,
-                                        int(REQUIRED_FLAGS[AccountCode.PIX_SETTLEMENT])))
-        accounts, holds, parties = [settlement], [], 0
-        for n, (op, a, b, amount) in enumerate(ops):
-            clock.tick(1 + amount % 3)
-            pick = lambda i: accounts[i % len(accounts)]  # noqa: E731
-            try:
-                if op == 0 and parties < len(CPFS):
-                    party = writer.register_party(RegisterParty(f"party-{n}", "investor" if a % 2 else "borrower",
-                                                                "Pessoa Teste", CPFS[parties], "p@example.com",
-                                                                "+5511987654321"))
-                    parties += 1
-                    accounts.append(party.wallet.id)
-                    writer.transfer(CreateTransfer(f"fund-{n}", settlement, party.wallet.id, 1 + amount * 100))
-                elif op == 1:
-                    account = uuid.uuid4()
-                    writer.open_account(OpenAccount(account, AccountCode.FEE_REVENUE,
-                                                    int(REQUIRED_FLAGS[AccountCode.FEE_REVENUE])))
-                    accounts.append(account)
-                elif op == 2:
-                    writer.transfer(CreateTransfer(f"t-{n}", pick(a), pick(b), 1 + amount))
-                elif op == 3:
-                    hold = writer.transfer(CreateTransfer(f"h-{n}", pick(a), pick(b), 1 + amount, kind="pending",
-                                                          timeout_s=amount % 3 * 2))
-                    holds.append(hold.id)
-                elif op == 4 and holds:
-                    pending = holds.pop(a % len(holds))
-                    settle = "post_pending" if b % 2 else "void_pending"
-                    partial = 1 if settle == "post_pending" and amount % 2 else None
-                    writer.transfer(CreateTransfer(f"s-{n}", None, None, partial, kind=settle, pending_id=pending))
-                elif op == 5 and len(accounts) > 2:
-                    writer.close_account(CloseAccount(pick(a)))
-                elif op == 6:
-                    writer.linked(CreateLinkedTransfers((CreateTransfer(f"l-{n}-a", pick(a), pick(b), 1 + amount),
-                                                         CreateTransfer(f"l-{n}-b", pick(b), pick(a), 1))))
-            except errors.LedgerError:
-                pass
-    finally:
-        writer.stop()
+    app: LedgerApplication = random_ledger_history(ops, clock=SteppingClock(), hold_timeout_mod=3)
     return app
 
 
