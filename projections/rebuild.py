@@ -25,6 +25,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -40,7 +41,6 @@ from projections.schema import (
     LIVE_SCHEMA,
     PROJECTION,
     TABLES,
-    add_constraints,
     check_schema_name,
     create_schema,
     schema_exists,
@@ -117,6 +117,10 @@ def iter_events(log: NotificationLog, *, after: int = 0, after_chain_hash: str =
             yield event
 
 
+class RebuildBusy(RuntimeError):
+    """Another set-based rebuild into the same schema holds it."""
+
+
 @dataclass(frozen=True)
 class RebuildResult:
     schema: str
@@ -162,7 +166,6 @@ def rebuild(read_dsn: str, log: NotificationLog, schema: str, *, upto: int | Non
 def _rebuild_projector(read_dsn: str, log: NotificationLog, schema: str, *, upto: int, until: datetime | None,
                        progress: Progress, flush_events: int) -> tuple[int, int]:
     with psycopg.connect(read_dsn, application_name="razao-rebuild") as conn:
-        conn.execute("SET synchronous_commit = off")  # one commit at the end; a crash just means rebuilding again
         loader = BulkLoader(conn, schema, flush_events)
         progress("project", 0, upto)
         for event in iter_events(log, upto=upto, until=until):
@@ -201,21 +204,55 @@ def _decoded_prefix(log: NotificationLog, upto: int, until: datetime | None) -> 
 
 def _build_sql(read_dsn: str, log: NotificationLog, schema: str, *, upto: int, until: datetime | None,
                progress: Progress) -> tuple[int, int]:
-    with psycopg.connect(read_dsn, application_name="razao-rebuild") as conn:
-        conn.execute("SET synchronous_commit = off")  # one commit at the end; a crash just means rebuilding again
-        conn.execute("SET LOCAL jit = off")  # compiling these one-off statements costs more than it saves
-        conn.execute("SET LOCAL maintenance_work_mem = '256MB'")  # index builds in memory, with parallel workers
-        create_schema(conn, schema, constraints=False, replace=True)
-        rebuild_sql.load_log(conn, log, schema, upto, progress)
-        built = rebuild_sql.build(conn, schema, until=until, progress=progress)
-        progress("constraints/foreign keys and indexes", 0, 2)
-        add_constraints(conn, schema)
-        insert_tracking(conn, schema, PROJECTION, position=built.position, chain_hash=built.chain_hash,
-                        events=built.events)
-        progress("constraints/commit", 1, 2)
+    """The set-based rebuild, built in a schema of its own on two connections (one per core of a small database
+    server) and swapped in for ``schema`` by the last commit; any failure drops what was built."""
+    building = rebuild_sql.building_schema(schema)
+    with _connect(read_dsn) as conn, _connect(read_dsn) as helper:
+        if not conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (f"razao-rebuild:{schema}",)).fetchone()[0]:
+            raise RebuildBusy(f"another rebuild into {schema!r} is running; wait for it or rebuild elsewhere")
         conn.commit()
-        progress("constraints/done", 2, 2)
+        try:
+            create_schema(conn, building, constraints=False, replace=True)
+            rebuild_sql.load_log(conn, log, building, upto, progress)
+            built, keys = rebuild_sql.stage(conn, building, until=until, progress=progress)
+            conn.commit()
+            rebuild_sql.run_steps((conn, helper), rebuild_sql.steps(building, keys), progress)
+            rebuild_sql.finish(conn, building, keys, progress)
+            insert_tracking(conn, building, PROJECTION, position=built.position, chain_hash=built.chain_hash,
+                            events=built.events)
+            progress("constraints/commit", 4, 5)
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+            conn.execute(sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(sql.Identifier(building),
+                                                                        sql.Identifier(schema)))
+            conn.commit()
+        except BaseException:
+            _drop_quietly(read_dsn, conn, building)
+            raise
+    progress("constraints/done", 5, 5)
     return built.position, built.events
+
+
+def _connect(read_dsn: str) -> psycopg.Connection[Any]:
+    conn = psycopg.connect(read_dsn, application_name="razao-rebuild")
+    conn.execute("SET jit = off")  # compiling these one-off statements costs more than it saves
+    conn.execute("SET maintenance_work_mem = '256MB'")  # index builds sort in memory
+    conn.execute("SET max_parallel_maintenance_workers = 0")
+    conn.commit()
+    return conn
+
+
+def _drop_quietly(read_dsn: str, conn: psycopg.Connection[Any], building: str) -> None:
+    """Drops the half-built schema after a failure (on a new connection if the failure broke this one). A process
+    killed before it could is cleaned up by the next rebuild of the same schema."""
+    drop = sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(building))
+    try:
+        conn.rollback()
+        conn.execute(drop)
+        conn.commit()
+    except psycopg.Error:
+        with suppress(psycopg.Error), psycopg.connect(read_dsn, autocommit=True,
+                                                      application_name="razao-rebuild") as fresh:
+            fresh.execute(drop)
 
 
 def catch_up(read_dsn: str, log: NotificationLog, schema: str, upto: int) -> int:

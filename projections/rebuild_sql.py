@@ -29,7 +29,9 @@ The caller then adds the foreign keys and indexes (``projections.schema.add_cons
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
@@ -46,6 +48,7 @@ from ledger.contracts import (
     MalformedEvent,
     is_debit_normal,
 )
+from projections import schema as schema_ddl
 from projections.bootstrap import RAW_LOG_COLUMNS, NotificationLog
 from projections.projector import STATUS_OF_KIND
 from projections.store import Conn, ProjectionBug
@@ -130,6 +133,12 @@ assert {name for name, _, _ in _TRANSFER_STATE} >= {*_COMMON_FIELDS, *STORED_FIE
 # Not temporary tables, because parallel workers cannot read those.
 _SCRATCH: Final = {"log": "_rebuild_log", "transfers": "_rebuild_transfers", "facts": "_rebuild_facts",
                    "transfer_state": "_rebuild_transfer_state"}
+
+
+def building_schema(schema: str) -> str:
+    """The schema a rebuild of ``schema`` is built in before it takes that name: one per target (so a rebuild
+    killed half-way is replaced by the next rebuild of the same target), a valid name however long the target's."""
+    return f"_building_{schema[:40]}_{zlib.crc32(schema.encode()):08x}"
 
 
 def topic(type_name: str) -> str:
@@ -279,46 +288,158 @@ def _page_in(cur: Any, log: NotificationLog, schema: str, upto: int, progress: S
             progress("copy", page[-1].id, upto)
 
 
-def build(conn: Conn, schema: str, *, until: datetime | None, progress: Stage) -> Built:
-    """Steps 2 to 4 (see the module doc) over the staged records. Raises the contract's error for the first record
-    that does not fit it, ``ProjectionBug``, or the database's error for a value it refuses."""
+def stage(conn: Conn, schema: str, *, until: datetime | None, progress: Stage) -> tuple[Built, PrimaryKeys]:
+    """Step 2 (see the module doc) over the staged records, after dropping the bare tables' primary keys (returned,
+    for ``steps`` and ``finish`` to build again). Raises the contract's error for the first record that does not fit
+    it, or the database's error for a value it refuses."""
     keys = _drop_primary_keys(conn, schema)
-    built = _decode(conn, schema, until, progress)
-    steps = len(_TABLE_STEPS) + 2
+    return _decode(conn, schema, until, progress), keys
+
+
+@dataclass(frozen=True)
+class PrimaryKey:
+    name: str
+    columns: str  # the catalog's own rendering: ``(account_id, "position")``
+
+    def add(self, schema: str, table: str) -> sql.Composed:
+        return sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY {}").format(
+            sql.Identifier(schema, table), sql.Identifier(self.name), sql.SQL(self.columns))
+
+
+PrimaryKeys = Mapping[str, PrimaryKey]
+
+
+@dataclass(frozen=True)
+class Step:
+    """Statements of step 3 that run in one transaction of their own, on whichever connection is free, once the
+    steps named in ``after`` have committed. Steps that would wait on each other's locks are ordered by ``after``."""
+
+    name: str
+    run: Callable[[Conn], None]
+    after: tuple[str, ...] = ()
+
+
+def steps(schema: str, keys: PrimaryKeys) -> list[Step]:
+    """Step 3 as steps over the committed staging tables, most work first (the scheduler starts them in this order):
+
+    - the entries (two per transfer, the biggest table), then their primary key's index and other indexes, each
+      index a step of its own (index builds of one table share its lock, so they run side by side);
+    - the other tables with their primary keys, foreign keys and the small indexes, then step 4's checks; the
+      transfers' two indexes are steps of their own.
+
+    What needs the entries and the rest together (the entries' primary key and foreign keys, the balances) is
+    ``finish``.
+    """
     fragments = _fragments(schema)
-    for done, (name, template) in enumerate(_TABLE_STEPS):
-        if name == "balances":  # balances are found through the entries' primary key
-            progress("tables/primary keys", done, steps)
-            _restore_primary_keys(conn, keys)
-        progress(f"tables/{name}", done, steps)
-        conn.execute(_statement(template, schema, **fragments))
-    progress("tables/checks", steps - 2, steps)
-    _check(conn, schema)
-    conn.execute(_statement("DROP TABLE {s}.{log}, {s}.{transfers}, {s}.{facts}", schema))
-    conn.execute(_statement("DROP TYPE {s}.{transfer_state}", schema))
-    progress("tables/done", steps, steps)
+
+    def run(*statements: sql.Composable) -> Callable[[Conn], None]:
+        def execute(conn: Conn) -> None:
+            for statement in statements:
+                conn.execute(statement)
+        return execute
+
+    def others(conn: Conn) -> None:
+        for name in ("parties", "accounts", "transfers", "holds"):
+            conn.execute(_statement(_TABLE_SQL[name], schema, **fragments))
+            conn.execute(keys[name].add(schema, name))
+        _check(conn, schema)
+        for name in ("accounts", "transfers", "holds"):
+            conn.execute(schema_ddl.foreign_keys_ddl(schema, name))
+        for name, columns in schema_ddl.INDEXES:
+            if name in ("accounts", "holds"):
+                conn.execute(schema_ddl.index_ddl(schema, name, columns))
+
+    entries_key = keys["entries"]
+    built = [
+        Step("entries", run(_statement(_TABLE_SQL["entries"], schema, **fragments))),
+        Step("accounts, transfers and checks", others),
+        Step("entries key", run(sql.SQL("CREATE UNIQUE INDEX {} ON {} {}").format(
+            sql.Identifier(entries_key.name), sql.Identifier(schema, "entries"), sql.SQL(entries_key.columns))),
+            after=("entries",)),
+    ]
+    for name, columns in schema_ddl.INDEXES:
+        if name in ("entries", "transfers"):
+            after = "entries" if name == "entries" else "accounts, transfers and checks"
+            built.append(Step(f"{name} by {', '.join(columns)}", run(schema_ddl.index_ddl(schema, name, columns)),
+                              after=(after,)))
     return built
 
 
-def _drop_primary_keys(conn: Conn, schema: str) -> list[sql.Composed]:
-    """Drops every primary key of the schema's (bare, empty) tables; returns the statements that add them back."""
+def run_steps(connections: Sequence[Conn], planned: Sequence[Step], progress: Stage) -> None:
+    """Runs the steps on the connections, each step committed on its own; reports each as it starts.
+
+    The first error stops the others (their statements are cancelled and rolled back) and is raised; whatever the
+    steps committed is the caller's to drop.
+    """
+    waiting, done = list(planned), set[str]()
+    idle = list(connections)
+    running: dict[Future[None], tuple[Step, Conn]] = {}
+    with ThreadPoolExecutor(len(connections), thread_name_prefix="rebuild-step") as pool:
+        try:
+            while waiting or running:
+                while idle and (ready := next((s for s in waiting if done.issuperset(s.after)), None)):
+                    waiting.remove(ready)
+                    progress(f"tables/{ready.name}", len(done), len(planned))
+                    conn = idle.pop()
+                    running[pool.submit(_run_step, conn, ready)] = (ready, conn)
+                if not running:
+                    raise AssertionError(f"rebuild steps wait on each other: {[s.name for s in waiting]}")
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    step, conn = running.pop(future)
+                    future.result()
+                    done.add(step.name)
+                    idle.append(conn)
+        except BaseException:
+            for _step, conn in running.values():
+                conn.cancel_safe()
+            wait(running)
+            for conn in connections:
+                conn.rollback()
+            raise
+    progress("tables/done", len(planned), len(planned))
+
+
+def _run_step(conn: Conn, step: Step) -> None:
+    step.run(conn)
+    conn.commit()
+
+
+def finish(conn: Conn, schema: str, keys: PrimaryKeys, progress: Stage) -> None:
+    """What needs every step's tables: the entries' primary key (its index is built) and foreign keys, the balances
+    (each account's latest entry, found through that key) and the last primary keys; then the staging tables go."""
+    total = 4
+    progress("constraints/primary key of entries", 0, total)
+    entries_key = keys["entries"]
+    conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY USING INDEX {}").format(
+        sql.Identifier(schema, "entries"), sql.Identifier(entries_key.name), sql.Identifier(entries_key.name)))
+    progress("constraints/balances", 1, total)
+    conn.execute(_statement(_TABLE_SQL["balances"], schema, **_fragments(schema)))
+    for name in ("balances", "tracking"):
+        conn.execute(keys[name].add(schema, name))
+    progress("constraints/foreign keys", 2, total)
+    for name in ("entries", "balances"):
+        conn.execute(schema_ddl.foreign_keys_ddl(schema, name))
+    conn.execute(_statement("DROP TABLE {s}.{log}, {s}.{transfers}, {s}.{facts}", schema))
+    conn.execute(_statement("DROP TYPE {s}.{transfer_state}", schema))
+    progress("constraints/staging dropped", 3, total)
+
+
+def _drop_primary_keys(conn: Conn, schema: str) -> dict[str, PrimaryKey]:
+    """Drops every primary key of the schema's (bare, empty) tables; returns them by table."""
     rows = conn.execute(
         "SELECT t.relname, c.conname, pg_get_constraintdef(c.oid) FROM pg_constraint c "
         "JOIN pg_class t ON t.oid = c.conrelid WHERE c.connamespace = %s::regnamespace AND c.contype = 'p' "
         "ORDER BY t.relname", (schema,)).fetchall()
-    restore = []
+    keys = {}
     for table, name, definition in rows:
-        relation = sql.Identifier(schema, table)
-        conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(relation, sql.Identifier(name)))
+        conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(sql.Identifier(schema, table),
+                                                                         sql.Identifier(name)))
         # The definition is the catalog's own rendering (pg_get_constraintdef), quoted as it needs.
-        restore.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(relation, sql.Identifier(name),
-                                                                          sql.SQL(definition)))
-    return restore
-
-
-def _restore_primary_keys(conn: Conn, statements: list[sql.Composed]) -> None:
-    for statement in statements:
-        conn.execute(statement)
+        prefix = "PRIMARY KEY "
+        assert definition.startswith(prefix), definition
+        keys[table] = PrimaryKey(name, definition[len(prefix):])
+    return keys
 
 
 #: The transfers, each state parsed once into typed columns by the parallel workers that scan the staged log.
@@ -432,8 +553,8 @@ def _legs(source: sql.Composable, transfer_id: str) -> sql.Composed:
         for mine, other in (("debit", "credit"), ("credit", "debit")))
 
 
-#: (table, template) in load order; each reproduces the rows projections.projector leaves in that table.
-_TABLE_STEPS: Final = (
+#: Each table's ``INSERT ... SELECT``: it reproduces the rows projections.projector leaves in that table.
+_TABLE_SQL: Final[Mapping[str, str]] = dict((
     ("parties", """INSERT INTO {s}.parties (party_id, kind, wallet_id, registered_at, position)
         SELECT aggregate_id, s->>'kind', {wallet}, recorded_at, id FROM {s}.{facts} WHERE topic = {party}"""),
     ("accounts", """INSERT INTO {s}.accounts (account_id, ledger, code, flags, reference, owner_id, debit_normal,
@@ -475,7 +596,7 @@ _TABLE_STEPS: Final = (
         FROM {s}.{transfers} t WHERE t.kind = 'pending' AND NOT EXISTS (
             SELECT 1 FROM {s}.{facts} e WHERE e.topic IN ({resolved}, {expired})
             AND e.aggregate_id = t.transfer_id)"""),
-)
+))
 _COMMON: Final[dict[str, sql.Composable]] = {
     "wallet": _uuid(_field("s", "wallet_id")),
     "owner": _uuid(_field("o.s", "owner_id"), optional=True),

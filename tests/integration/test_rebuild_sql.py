@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,8 +50,8 @@ from ledger.contracts import (
     UnsupportedEventVersion,
 )
 from projections.bootstrap import LedgerLog, open_ledger_log
-from projections.rebuild import iter_events, rebuild, table_checksums
-from projections.rebuild_sql import STORED_FIELDS, STORED_WRAPPERS
+from projections.rebuild import RebuildBusy, iter_events, rebuild, table_checksums
+from projections.rebuild_sql import STORED_FIELDS, STORED_WRAPPERS, Step, building_schema, run_steps
 from projections.schema import create_schema, schema_exists
 from projections.store import ProjectionBug, ProjectionStore
 
@@ -271,6 +272,8 @@ def test_a_record_the_contract_refuses_stops_both_methods_with_its_error(ledger:
                 rebuild(ledger.read_dsn, ledger.log, "kept", method=method)
             with psycopg.connect(ledger.read_dsn) as conn:
                 assert not schema_exists(conn, "broken"), f"{method} left a schema behind"
+                for half_built in (building_schema("broken"), building_schema("kept")):
+                    assert not schema_exists(conn, half_built), f"{method} left {half_built} behind"
                 assert table_checksums(conn, "kept") == kept
         # A rebuild as of before the record never reads it: as of its position, or of a time (the last event
         # recorded strictly before the last one's time ends the prefix before the record).
@@ -341,6 +344,46 @@ def test_the_fields_the_set_based_check_requires_are_those_the_contract_reads(le
             assert refused(row, {**state, name: {"_type_": "other", "_data_": "0" * 32}}), (key, name)
             assert refused(row, {**state, name: None}) == (kind != "uuid?"), (key, name)
     assert seen == set(STORED_VERSIONS), "the history lacks a stored version"
+
+
+# ---- built aside, then swapped in ------------------------------------------------------------------------------
+
+
+def test_a_rebuild_killed_half_way_leaves_a_schema_the_next_rebuild_replaces(ledger: Ledger) -> None:
+    leftover = building_schema("resumed")
+    with psycopg.connect(ledger.read_dsn) as conn:  # what a rebuild killed during its steps leaves
+        create_schema(conn, leftover, constraints=False)
+        conn.execute(f"CREATE TABLE {leftover}._rebuild_log (id bigint)")
+    built = rebuild(ledger.read_dsn, ledger.log, "resumed")
+    assert built.events == len(ledger.events())
+    with psycopg.connect(ledger.read_dsn) as conn:
+        assert not schema_exists(conn, leftover)
+        assert conn.execute("SELECT position FROM resumed.tracking").fetchone() == (built.position,)
+
+
+def test_a_second_rebuild_into_the_same_schema_is_refused_while_the_first_runs(ledger: Ledger) -> None:
+    with psycopg.connect(ledger.read_dsn, autocommit=True) as first:
+        first.execute("SELECT pg_advisory_lock(hashtext('razao-rebuild:contended'))")  # as a running rebuild holds
+        with pytest.raises(RebuildBusy, match="another rebuild into 'contended' is running"):
+            rebuild(ledger.read_dsn, ledger.log, "contended")
+        rebuild(ledger.read_dsn, ledger.log, "elsewhere")  # another target is not held up
+        first.execute("SELECT pg_advisory_unlock(hashtext('razao-rebuild:contended'))")
+    assert rebuild(ledger.read_dsn, ledger.log, "contended").events == len(ledger.events())
+
+
+def test_the_first_failing_step_cancels_the_step_running_beside_it(ledger: Ledger) -> None:
+    started: list[str] = []
+    with psycopg.connect(ledger.read_dsn) as one, psycopg.connect(ledger.read_dsn) as two:
+        steps = [Step("slow", lambda conn: conn.execute("SELECT pg_sleep(60)") and None),
+                 Step("failing", lambda conn: conn.execute("SELECT 1 / 0") and None),
+                 Step("never", lambda conn: None, after=("slow",))]
+        clock = time.monotonic()
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            run_steps((one, two), steps, lambda stage, _done, _total: started.append(stage))
+        assert time.monotonic() - clock < 30, "the slow step was not cancelled"
+        assert started == ["tables/slow", "tables/failing"]
+        for conn in (one, two):  # both rolled back and usable
+            assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
 # ---- the command line ------------------------------------------------------------------------------------------
