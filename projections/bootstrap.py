@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -65,6 +65,13 @@ class RawLog(NotificationLog, Protocol):
     def copy_records(self, after: int, upto: int) -> Iterator[bytes | memoryview]:
         """The records with ``after < id <= upto`` as the blocks of one ``COPY ... TO STDOUT (FORMAT BINARY)``
         of ``RAW_LOG_COLUMNS``, in no particular order (each block can go straight into a ``COPY FROM``)."""
+        ...
+
+    def copy_select(self, after: int, upto: int, select: Callable[[sql.Composable], sql.Composable],
+                    settings: Mapping[str, str] | None = None) -> Iterator[bytes | memoryview]:
+        """Like ``copy_records``, of the query ``select(records)`` run where the log is (with these planner
+        ``settings``): ``records`` is a subquery of the records in the range with the columns of
+        ``RAW_LOG_COLUMNS``."""
         ...
 
 
@@ -143,10 +150,11 @@ class LedgerLog:
         # Casts to the declared types (no-ops today), so the binary stream's layout is RAW_LOG_COLUMNS whatever the
         # recorder's DDL becomes; a type that cannot be cast fails here, loudly. No ORDER BY: the reader of the
         # stream orders by id itself, and Postgres can then read a whole range sequentially.
-        self._copy_select = sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(
-            sql.SQL("{}::{}").format(sql.Identifier(source), sql.SQL(pg_type))
-            for source, (_, pg_type) in zip(("notification_id", "originator_id", "originator_version", "topic",
-                                              "state"), RAW_LOG_COLUMNS, strict=True)), table)
+        self._raw_columns = sql.SQL(", ").join(
+            sql.SQL("{}::{} AS {}").format(sql.Identifier(source), sql.SQL(pg_type), sql.Identifier(name))
+            for source, (name, pg_type) in zip(("notification_id", "originator_id", "originator_version", "topic",
+                                                 "state"), RAW_LOG_COLUMNS, strict=True))
+        self._table = table
         self._conn = psycopg.connect(ledger_dsn, autocommit=True, connect_timeout=5,
                                      application_name="razao-ledger-log-reader")
         # A ledger that never wrote has no table yet: its log is empty.
@@ -174,12 +182,22 @@ class LedgerLog:
 
     def copy_records(self, after: int, upto: int) -> Iterator[bytes | memoryview]:
         """``RawLog.copy_records``: one binary COPY of the range on this reader's connection."""
+        return self.copy_select(after, upto, lambda records: sql.SQL("SELECT * FROM {} l").format(records))
+
+    def copy_select(self, after: int, upto: int, select: Callable[[sql.Composable], sql.Composable],
+                    settings: Mapping[str, str] | None = None) -> Iterator[bytes | memoryview]:
+        """``RawLog.copy_select``: one binary COPY of the query on this reader's connection, in a transaction of
+        its own that holds the settings."""
         if self._empty or upto <= after:
             return
-        statement = sql.SQL("COPY ({} WHERE notification_id > {} AND notification_id <= {}) TO STDOUT (FORMAT BINARY)"
-                            ).format(self._copy_select, sql.Literal(after), sql.Literal(upto))
-        with self._conn.cursor() as cur, cur.copy(statement) as copy:
-            yield from copy
+        records = sql.SQL("(SELECT {} FROM {} WHERE notification_id > {} AND notification_id <= {})").format(
+            self._raw_columns, self._table, sql.Literal(after), sql.Literal(upto))
+        statement = sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(select(records))
+        with self._conn.transaction(), self._conn.cursor() as cur:
+            for name, value in (settings or {}).items():
+                cur.execute("SELECT set_config(%s, %s, true)", (name, value))
+            with cur.copy(statement) as copy:
+                yield from copy
 
     def close(self) -> None:
         self._conn.close()

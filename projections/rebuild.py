@@ -214,7 +214,7 @@ def _build_sql(read_dsn: str, log: NotificationLog, schema: str, *, upto: int, u
         try:
             create_schema(conn, building, constraints=False, replace=True)
             rebuild_sql.load_log(conn, log, building, upto, progress)
-            built, keys = rebuild_sql.stage(conn, building, until=until, progress=progress)
+            built, keys = rebuild_sql.stage(conn, log, building, until=until, progress=progress)
             conn.commit()
             rebuild_sql.run_steps((conn, helper), rebuild_sql.steps(building, keys), progress)
             rebuild_sql.finish(conn, building, keys, progress)
@@ -237,6 +237,7 @@ def _connect(read_dsn: str) -> psycopg.Connection[Any]:
     conn.execute("SET jit = off")  # compiling these one-off statements costs more than it saves
     conn.execute("SET maintenance_work_mem = '256MB'")  # index builds sort in memory
     conn.execute("SET max_parallel_maintenance_workers = 0")
+    conn.execute("SET wal_compression = lz4")
     conn.commit()
     return conn
 

@@ -29,6 +29,7 @@ The caller then adds the foreign keys and indexes (``projections.schema.add_cons
 
 from __future__ import annotations
 
+import json
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -57,8 +58,8 @@ from projections.store import Conn, ProjectionBug
 #: named ``group/detail`` is a step of ``group`` (the table being built, say), ``done`` counting the steps.
 Stage = Callable[[str, int, int | None], None]
 
-#: Log positions per COPY from the ledger: one progress step each (the ledger reads each range by its index).
-COPY_CHUNK_EVENTS: Final = 100_000
+#: Records per progress report while the log's records stream in.
+PROGRESS_EVENTS: Final = 10_000
 #: Records per page when a log cannot stream its records (an in-memory event store).
 PAGE_EVENTS: Final = 10_000
 
@@ -115,24 +116,34 @@ STORED_WRAPPERS: Final[Mapping[tuple[str, int], Mapping[str, str]]] = {
 #: Types whose ``debit_after``/``credit_after`` become rows: the contract builds them into four-field balances.
 _WITH_BALANCES: Final = frozenset({"TransferCommitted", "PendingTransferExpired"})
 
-#: A stored transfer as ``jsonb_populate_record`` reads it: (field, type, value when the field is missing). The
-#: fields whose absence the contract refuses but a NULL would not reveal (null is allowed, or nothing stores them)
-#: default to ``_MISSING``; the others become NULL, which the check or a NOT NULL column of the tables refuses.
-_MISSING: Final = '{"__rebuild__": "missing"}'
-_TRANSFER_STATE: Final = (
-    ("timestamp", "jsonb", None), ("chain_hash", "jsonb", _MISSING), ("class_version", "jsonb", "1"),
-    ("key", "text", None), ("kind", "text", None), ("ledger", "integer", None), ("code", "integer", None),
-    ("debit_account_id", "jsonb", None), ("credit_account_id", "jsonb", None), ("amount_centavos", "bigint", None),
-    ("requested_amount_centavos", "jsonb", _MISSING), ("pending_id", "jsonb", _MISSING),
-    ("timeout_s", "integer", None), ("reference", "text", None), ("linked_batch_id", "jsonb", _MISSING),
-    ("debit_after", "bigint[]", None), ("credit_after", "bigint[]", None),
+#: The fields of a stored transfer as the decode reads them (``jsonb_to_record``'s column definitions).
+_TRANSFER_FIELDS: Final = (
+    ("timestamp", "jsonb"), ("chain_hash", "jsonb"), ("class_version", "jsonb"), ("key", "text"), ("kind", "text"),
+    ("ledger", "integer"), ("code", "integer"), ("debit_account_id", "jsonb"), ("credit_account_id", "jsonb"),
+    ("amount_centavos", "bigint"), ("requested_amount_centavos", "jsonb"), ("pending_id", "jsonb"),
+    ("timeout_s", "integer"), ("reference", "text"), ("linked_batch_id", "jsonb"), ("debit_after", "bigint[]"),
+    ("credit_after", "bigint[]"),
 )
-assert {name for name, _, _ in _TRANSFER_STATE} >= {*_COMMON_FIELDS, *STORED_FIELDS[("TransferCommitted", 1)]}
+assert {name for name, _ in _TRANSFER_FIELDS} >= {*_COMMON_FIELDS, *STORED_FIELDS[("TransferCommitted", 1)]}
+#: Fields whose absence the contract refuses although null is allowed (or nothing stores them): a JSON null and a
+#: missing field both read as NULL, so the check asks the state for their keys. Any other missing field is NULL,
+#: which the check or a NOT NULL column of the tables refuses.
+_KEYS_PRESENT: Final = ("chain_hash", "requested_amount_centavos", "pending_id", "linked_batch_id")
+_BALANCE_FIELDS: Final = ("debits_pending", "debits_posted", "credits_pending", "credits_posted")
+#: A decoded transfer, as the staging table holds it (its columns and types are those the decode's select yields,
+#: in order: a binary COPY of the select goes straight into it).
+_DECODED_TRANSFER: Final = (
+    ("position", "bigint"), ("transfer_id", "uuid"), ("key", "text"), ("kind", "text"), ("ledger", "integer"),
+    ("code", "integer"), ("debit_account_id", "uuid"), ("credit_account_id", "uuid"), ("amount_centavos", "bigint"),
+    ("requested_amount_centavos", "bigint"), ("pending_id", "uuid"), ("timeout_s", "integer"),
+    ("reference", "text"), ("linked_batch_id", "uuid"), ("recorded_at", "timestamptz"),
+    *((f"{side}_{name}", "bigint") for side in ("debit", "credit") for name in _BALANCE_FIELDS),
+    ("fits", "boolean"),
+)
 
 # Scratch tables, in the schema being built (unlogged: nothing of them reaches the WAL) and dropped before the commit.
 # Not temporary tables, because parallel workers cannot read those.
-_SCRATCH: Final = {"log": "_rebuild_log", "transfers": "_rebuild_transfers", "facts": "_rebuild_facts",
-                   "transfer_state": "_rebuild_transfer_state"}
+_SCRATCH: Final = {"log": "_rebuild_log", "transfers": "_rebuild_transfers", "facts": "_rebuild_facts"}
 
 
 def building_schema(schema: str) -> str:
@@ -149,7 +160,6 @@ def topic(type_name: str) -> str:
 _TOPICS: Final = {name: sql.Literal(topic(type_name)) for name, type_name in (
     ("transfer_committed", "TransferCommitted"), ("party", "PartyRegistered"), ("opened", "AccountOpened"),
     ("closed", "AccountClosed"), ("resolved", "PendingTransferResolved"), ("expired", "PendingTransferExpired"))}
-_BALANCE_FIELDS: Final = ("debits_pending", "debits_posted", "credits_pending", "credits_posted")
 
 
 @dataclass(frozen=True)
@@ -179,10 +189,10 @@ def _uuid(value: sql.Composable, *, optional: bool = False) -> sql.Composed:
     """The uuid of a stored ``{"_type_": "uuid_hex", "_data_": "<32 hex>"}``: any other value fails the cast, as the
     contract refuses it (``MalformedEvent``), and null is NULL only where the contract allows it. A missing field is
     NULL (or the transfer state's marker): the record's check refuses it."""
-    null = "WHEN {v} = 'null' OR {v} = {missing}::jsonb THEN NULL " if optional else ""
+    null = "WHEN {v} = 'null' THEN NULL " if optional else ""
     return sql.SQL("(CASE WHEN {v} IS NULL THEN NULL " + null + "WHEN {v}->>'_type_' = 'uuid_hex' AND "
                    "length({v}->>'_data_') = 32 THEN {v}->>'_data_' ELSE 'not a stored uuid' END)::uuid"
-                   ).format(v=value, missing=sql.Literal(_MISSING))
+                   ).format(v=value)
 
 
 def _recorded_at(state: str) -> sql.Composed:
@@ -203,16 +213,15 @@ def _array(values: tuple[Any, ...] | list[Any]) -> sql.Composed:
 
 
 def _transfer_fits(version: int) -> sql.Composed:
-    """Whether a transfer record (its state read as ``r``) fits the contract, never NULL: a state that is not an
-    object, a value of the wrong type or a wrapped uuid that is not 32 digits fails the parse or a cast instead."""
-    present = sql.SQL(" AND ").join(sql.SQL("r.{} IS DISTINCT FROM {}::jsonb").format(sql.Identifier(name),
-                                                                                   sql.Literal(_MISSING))
-                                    for name, _, default in _TRANSFER_STATE if default == _MISSING)
-    return sql.SQL("coalesce(r.class_version = {version}::jsonb AND r.timestamp->>'_type_' = 'datetime_iso' "
-                   "AND r.debit_account_id->>'_type_' = 'uuid_hex' AND r.credit_account_id->>'_type_' = 'uuid_hex' "
-                   "AND {present} AND array_ndims(r.debit_after) = 1 AND array_length(r.debit_after, 1) = 4 "
+    """Whether a transfer record (its state as ``j.s``, its fields as ``r``) fits the contract, never NULL: a state
+    that is not an object, a value of the wrong type or a wrapped uuid that is not 32 digits fails the parse or a
+    cast instead."""
+    return sql.SQL("coalesce(CASE WHEN j.s ? 'class_version' THEN r.class_version = {version}::jsonb ELSE {default} "
+                   "END AND r.timestamp->>'_type_' = 'datetime_iso' AND r.debit_account_id->>'_type_' = 'uuid_hex' "
+                   "AND r.credit_account_id->>'_type_' = 'uuid_hex' AND j.s ?& {present} "
+                   "AND array_ndims(r.debit_after) = 1 AND array_length(r.debit_after, 1) = 4 "
                    "AND array_ndims(r.credit_after) = 1 AND array_length(r.credit_after, 1) = 4, false)").format(
-        version=sql.Literal(str(version)), present=present)
+        version=sql.Literal(str(version)), default=sql.Literal(version == 1), present=_array(_KEYS_PRESENT))
 
 
 def _fact_fits(state: str) -> sql.Composed:
@@ -255,27 +264,47 @@ def _balance_shape(state: str) -> sql.Composed:
 
 
 def load_log(conn: Conn, log: NotificationLog, schema: str, upto: int, progress: Stage) -> None:
-    """Step 1: the records with ``0 < id <= upto`` into the staging table."""
+    """Step 1: the records with ``0 < id <= upto`` into the staging tables: the transfers decoded where the log is,
+    every other record raw. A log that cannot run queries (an in-memory event store) is paged in raw and its
+    transfers decoded here."""
     columns = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, t in RAW_LOG_COLUMNS)
     conn.execute(_statement("CREATE UNLOGGED TABLE {s}.{log} ({columns})", schema, columns=columns))
+    decoded = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, t in _DECODED_TRANSFER)
+    conn.execute(_statement("CREATE UNLOGGED TABLE {s}.{transfers} ({decoded})", schema, decoded=decoded))
     progress("copy", 0, upto)
-    copy_records = getattr(log, "copy_records", None)
+    copy_select = getattr(log, "copy_select", None)
     with conn.cursor() as cur:
-        if copy_records is None:
+        if copy_select is None:
             _page_in(cur, log, schema, upto, progress)
+            cur.execute(_statement("INSERT INTO {s}.{transfers} {decode}", schema,
+                                   decode=_decode_transfers(_statement("{s}.{log}", schema))))
             return
-        into = _statement("COPY {s}.{log} FROM STDIN (FORMAT BINARY)", schema)
-        after = 0
-        while after < upto:
-            end = min(after + COPY_CHUNK_EVENTS, upto)
+        # One COPY each over the whole range: the log reads its table once, sequentially, shared among parallel
+        # workers. Binary COPY sends a message per record, so counting blocks counts records for the progress bar.
+        others = sql.SQL("SELECT * FROM {} l WHERE l.topic IS DISTINCT FROM {}").format
+        done = 0
+        for into, select in (
+                (_statement("COPY {s}.{transfers} FROM STDIN (FORMAT BINARY)", schema), _decode_transfers),
+                (_statement("COPY {s}.{log} FROM STDIN (FORMAT BINARY)", schema),
+                 lambda records: others(records, _TOPICS["transfer_committed"]))):
             with ExitStack() as stack:
                 copy = None
-                for block in copy_records(after, end):
+                for block in copy_select(0, upto, select, _PARALLEL_DECODE):
                     if copy is None:  # an empty range sends nothing, not even the binary header
                         copy = stack.enter_context(cur.copy(into))
                     copy.write(block)
-            after = end
-            progress("copy", after, upto)
+                    done += 1
+                    if done % PROGRESS_EVENTS == 0:
+                        progress("copy", min(done, upto), upto)
+        progress("copy", upto, upto)
+
+
+#: Where the log decodes transfers: by parallel workers sharing one sequential read of the table, and without
+#: compiling a one-off query. The planner's defaults say otherwise for a query whose cost is the parsing: starting
+#: workers and passing rows on look dearer, and the index looks cheaper over a log written since its table's
+#: statistics were last gathered.
+_PARALLEL_DECODE: Final = {"parallel_setup_cost": "0", "parallel_tuple_cost": "0", "enable_indexscan": "off",
+                           "enable_bitmapscan": "off", "jit": "off"}
 
 
 def _page_in(cur: Any, log: NotificationLog, schema: str, upto: int, progress: Stage) -> None:
@@ -288,12 +317,13 @@ def _page_in(cur: Any, log: NotificationLog, schema: str, upto: int, progress: S
             progress("copy", page[-1].id, upto)
 
 
-def stage(conn: Conn, schema: str, *, until: datetime | None, progress: Stage) -> tuple[Built, PrimaryKeys]:
+def stage(conn: Conn, log: NotificationLog, schema: str, *, until: datetime | None,
+          progress: Stage) -> tuple[Built, PrimaryKeys]:
     """Step 2 (see the module doc) over the staged records, after dropping the bare tables' primary keys (returned,
     for ``steps`` and ``finish`` to build again). Raises the contract's error for the first record that does not fit
     it, or the database's error for a value it refuses."""
     keys = _drop_primary_keys(conn, schema)
-    return _decode(conn, schema, until, progress), keys
+    return _decode(conn, log, schema, until, progress), keys
 
 
 @dataclass(frozen=True)
@@ -421,7 +451,6 @@ def finish(conn: Conn, schema: str, keys: PrimaryKeys, progress: Stage) -> None:
     for name in ("entries", "balances"):
         conn.execute(schema_ddl.foreign_keys_ddl(schema, name))
     conn.execute(_statement("DROP TABLE {s}.{log}, {s}.{transfers}, {s}.{facts}", schema))
-    conn.execute(_statement("DROP TYPE {s}.{transfer_state}", schema))
     progress("constraints/staging dropped", 3, total)
 
 
@@ -442,15 +471,28 @@ def _drop_primary_keys(conn: Conn, schema: str) -> dict[str, PrimaryKey]:
     return keys
 
 
-#: The transfers, each state parsed once into typed columns by the parallel workers that scan the staged log.
-_TRANSFERS_TEMPLATE: Final = """CREATE UNLOGGED TABLE {s}.{transfers} AS
-    SELECT l.id AS position, l.originator_id AS transfer_id, r.key, r.kind, r.ledger, r.code,
-        {debit} AS debit_account_id, {credit} AS credit_account_id, r.amount_centavos,
-        (r.requested_amount_centavos #>> '{{}}')::bigint AS requested_amount_centavos, {pending} AS pending_id,
-        r.timeout_s, r.reference, {batch} AS linked_batch_id, (r.timestamp->>'_data_')::timestamptz AS recorded_at,
-        {debit_after}, {credit_after}, {fits} AS fits
-    FROM {s}.{log} l, LATERAL jsonb_populate_record({base}, convert_from(l.state, 'UTF8')::jsonb) r
+#: The transfers among ``{records}`` (raw log records), each state parsed once (``OFFSET 0`` keeps the parse in its
+#: subquery instead of repeating it at every use) into the columns of ``_DECODED_TRANSFER``, with its check.
+_TRANSFERS_TEMPLATE: Final = """SELECT l.id, l.originator_id, r.key, r.kind, r.ledger, r.code,
+        {debit}, {credit}, r.amount_centavos, (r.requested_amount_centavos #>> '{{}}')::bigint, {pending},
+        r.timeout_s, r.reference, {batch}, (r.timestamp->>'_data_')::timestamptz, {debit_after}, {credit_after}, {fits}
+    FROM {records} l, LATERAL jsonb_in(convert_from(l.state, 'UTF8')::cstring) AS j(s),
+        LATERAL jsonb_to_record(j.s) AS r({fields})
     WHERE l.topic = {transfer_committed}"""
+
+
+def _decode_transfers(records: sql.Composable) -> sql.Composed:
+    versions = [v for (t, v) in STORED_VERSIONS if t == "TransferCommitted"]
+    assert len(versions) == 1, f"the decode reads one stored version of TransferCommitted, not {versions}"
+    return sql.SQL(_TRANSFERS_TEMPLATE).format(
+        records=records, transfer_committed=_TOPICS["transfer_committed"],
+        fields=sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(pg_type))
+                                  for name, pg_type in _TRANSFER_FIELDS),
+        debit=_uuid(sql.SQL("r.debit_account_id")), credit=_uuid(sql.SQL("r.credit_account_id")),
+        pending=_uuid(sql.SQL("r.pending_id"), optional=True), batch=_uuid(sql.SQL("r.linked_batch_id"), optional=True),
+        debit_after=_post_state("debit"), credit_after=_post_state("credit"), fits=_transfer_fits(versions[0]))
+
+
 #: Every other record (few, in a ledger that mostly moves money) as jsonb and its check; ``OFFSET 0`` keeps the parse
 #: in the subquery, once per record, instead of repeating it in every expression of the check.
 _FACTS_TEMPLATE: Final = """CREATE UNLOGGED TABLE {s}.{facts} AS
@@ -465,35 +507,16 @@ _CHECK_RECORDS: Final = """SELECT min(position) FILTER (WHERE NOT fits),
           UNION ALL SELECT id, fits, recorded_at FROM {s}.{facts}) r"""
 
 
-def _decode(conn: Conn, schema: str, until: datetime | None, progress: Stage) -> Built:
-    steps = 3
-    progress("decode/transfers", 0, steps)
-    columns = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(pg_type))
-                                 for name, pg_type, _ in _TRANSFER_STATE)
-    conn.execute(_statement("CREATE TYPE {s}.{transfer_state} AS ({columns})", schema, columns=columns))
-    base = _statement("ROW({defaults})::{s}.{transfer_state}", schema, defaults=sql.SQL(", ").join(
-        sql.SQL("NULL") if default is None else sql.Literal(default) for _, _, default in _TRANSFER_STATE))
-    # Parallel workers parse (the planner's default costs of starting them and of passing rows to the leader say
-    # otherwise, for a table it has no statistics of yet).
-    conn.execute("SET LOCAL parallel_setup_cost = 0")
-    conn.execute("SET LOCAL parallel_tuple_cost = 0")
-    versions = [v for (t, v) in STORED_VERSIONS if t == "TransferCommitted"]
-    assert len(versions) == 1, f"_TRANSFER_STATE reads one stored version of TransferCommitted, not {versions}"
-    conn.execute(_statement(
-        _TRANSFERS_TEMPLATE, schema, base=base, debit=_uuid(sql.SQL("r.debit_account_id")),
-        credit=_uuid(sql.SQL("r.credit_account_id")), pending=_uuid(sql.SQL("r.pending_id"), optional=True),
-        batch=_uuid(sql.SQL("r.linked_batch_id"), optional=True), debit_after=_post_state("debit"),
-        credit_after=_post_state("credit"), fits=_transfer_fits(versions[0])))
-    progress("decode/other records", 1, steps)
+def _decode(conn: Conn, log: NotificationLog, schema: str, until: datetime | None, progress: Stage) -> Built:
+    steps = 2
+    progress("decode/other records", 0, steps)
     conn.execute(_statement(_FACTS_TEMPLATE, schema, recorded_at=_recorded_at("s"), fits=_fact_fits("s")))
-    conn.execute("SET LOCAL parallel_setup_cost TO DEFAULT")
-    conn.execute("SET LOCAL parallel_tuple_cost TO DEFAULT")
-    progress("decode/check", 2, steps)
+    progress("decode/check", 1, steps)
     row = conn.execute(_statement(_CHECK_RECORDS, schema), (until,)).fetchone()
     assert row is not None
     misfit, cut, events, position = row
     if misfit is not None and (cut is None or misfit < cut):
-        _refuse(conn, schema, misfit)
+        _refuse(log, misfit)
     if cut is not None:  # the log is in commit order: the prefix recorded at or before `until` ends before `cut`
         conn.execute(_statement("DELETE FROM {s}.{transfers} WHERE position >= %s", schema), (cut,))
         conn.execute(_statement("DELETE FROM {s}.{facts} WHERE id >= %s", schema), (cut,))
@@ -502,14 +525,21 @@ def _decode(conn: Conn, schema: str, until: datetime | None, progress: Stage) ->
         assert row is not None
         events, position = row
     events, position = int(events), int(position or 0)
-    chain_hash = GENESIS_CHAIN_HASH
-    if position:
-        found = conn.execute(_statement("SELECT convert_from(state, 'UTF8')::jsonb->>'chain_hash' FROM {s}.{log} "
-                                        "WHERE id = %s", schema), (position,)).fetchone()
-        assert found is not None
-        chain_hash = found[0]
+    chain_hash = json.loads(_record(log, position)[4])["chain_hash"] if position else GENESIS_CHAIN_HASH
     progress("decode/done", steps, steps)
     return Built(position, chain_hash, events)
+
+
+def _record(log: NotificationLog, position: int) -> tuple[Any, ...]:
+    """The log's raw record at ``position`` (id, aggregate id, version, topic, state)."""
+    select_rows = getattr(log, "select_rows", None)
+    if select_rows is not None:
+        rows = select_rows(position, 1, position)
+    else:
+        rows = [(n.id, n.originator_id, n.originator_version, n.topic, n.state)
+                for n in log.select_notifications(position, limit=1, stop=position)]
+    assert rows and rows[0][0] == position, f"log record {position} is gone"
+    return tuple(rows[0])
 
 
 def _post_state(side: str) -> sql.Composed:
@@ -520,11 +550,9 @@ def _post_state(side: str) -> sql.Composed:
         for i, name in enumerate(_BALANCE_FIELDS))
 
 
-def _refuse(conn: Conn, schema: str, position: int) -> None:
-    """Raises the contract's own error for the staged record at ``position`` (it does not fit the contract)."""
-    row = conn.execute(_statement("SELECT id, originator_id, originator_version, topic, state FROM {s}.{log} "
-                                  "WHERE id = %s", schema), (position,)).fetchone()
-    assert row is not None
+def _refuse(log: NotificationLog, position: int) -> None:
+    """Raises the contract's own error for the log's record at ``position`` (it does not fit the contract)."""
+    row = _record(log, position)
     LogDecoder().decode_row(*row)
     raise MalformedEvent(f"log record {position} ({row[3]}) does not fit the contract as the set-based rebuild "
                          "reads it, although LogDecoder accepts it: projections.rebuild_sql needs fixing")
