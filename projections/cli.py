@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from ledger.contracts import ContractError
 from projections.bootstrap import ensure_read_database, load_read_settings, open_ledger_log
-from projections.rebuild import METHODS, rebuild, verify
+from projections.rebuild import METHODS, RebuildBusy, rebuild, verify
 from projections.schema import LIVE_SCHEMA, REBUILD_SCHEMA, check_schema_name
 from projections.store import ProjectionBug, ProjectionStore
 
@@ -77,6 +77,9 @@ def _cli_rebuild(args: argparse.Namespace) -> int:
     except (ContractError, ProjectionBug) as exc:  # the log does not make read models: nothing was written
         print(f"razao: error: the rebuild of {schema} stopped, nothing was written: {type(exc).__name__}: {exc}",
               file=sys.stderr)
+        return 1
+    except RebuildBusy as exc:
+        print(f"razao: error: {exc}", file=sys.stderr)
         return 1
     finally:
         log.close()

@@ -1,30 +1,34 @@
-"""The set-based rebuild: the read models built inside Postgres from the raw records of the ledger's log.
+"""The set-based rebuild: the read models built inside Postgres from the raw records of the ledger's log (ADR 0011).
 
 ``projections.projector`` stays the definition of the read models; this module produces exactly its rows, with SQL
-over sets instead of Python per event (a test compares the two table by table). In the caller's transaction on the
-read database, into a schema whose tables were just created bare:
+over sets instead of Python per event (a test compares the two table by table). Into a schema of the read database
+whose tables were just created bare (``projections.rebuild`` swaps it in for the target at the end):
 
-1. copy: the log's raw records (id, aggregate id, version, topic, JSON state as bytes) move into a staging table
-   by binary COPY, the ledger's ``COPY ... TO STDOUT`` piped block by block into ``COPY ... FROM STDIN``: no record
-   is looked at in Python. A log that cannot stream (the in-memory event store of tests) is paged in instead.
-2. decode: every state is parsed once, by parallel workers: a transfer (most records) straight into typed columns
-   (``jsonb_populate_record`` over a row type whose defaults mark the fields that are missing), every other record
-   into ``jsonb``. Each row is flagged with whether the record fits the contract: a topic of the ledger's module, a
-   stored class version that ``STORED_VERSIONS`` maps, every field the contract's builder reads (``STORED_FIELDS``)
-   with the wrappers it unwraps (``STORED_WRAPPERS``), the shapes the rows need. One aggregate over the flags finds
-   the first record that does not fit, which the contract's own ``LogDecoder`` then decodes to raise exactly its
-   error (``UnknownEventType``, ``UnsupportedEventVersion``, ``MalformedEvent``); with ``until`` the same aggregate
-   finds where the prefix ends. A state that is not JSON fails the parse itself (a ``DataError``), and so does a
-   value the contract refuses (or a missing field that lands in a NOT NULL column): ``projections.rebuild`` then
-   finds that record with the contract's decoder.
-3. tables: one ``INSERT ... SELECT`` per read-model table. The primary keys are dropped first and built again
-   after the big tables are loaded (sorting once is several times cheaper than growing a b-tree row by row); the
-   result is the same catalog, and a duplicate fails there as it would have failed at insert.
+1. copy: the transfers (most records) are decoded where the log is, by parallel workers sharing one sequential read
+   of its table, each JSON state parsed once (``jsonb_to_record``) into the typed columns of ``_DECODED_TRANSFER``,
+   which a binary ``COPY ... TO STDOUT`` pipes block by block into ``COPY ... FROM STDIN`` of a staging table; the
+   other records arrive raw (id, aggregate id, version, topic, JSON state as bytes) the same way. No record is
+   looked at in Python. A log that cannot run queries (the in-memory event store of tests) is paged in raw and its
+   transfers decoded by the read database with the same query.
+2. decode: every other record is parsed into ``jsonb``. Each row is flagged with whether the record fits the
+   contract: a topic of the ledger's module, a stored class version that ``STORED_VERSIONS`` maps, every field the
+   contract's builder reads (``STORED_FIELDS``) with the wrappers it unwraps (``STORED_WRAPPERS``), the shapes the
+   rows need. One aggregate over the flags finds the first record that does not fit, which the contract's own
+   ``LogDecoder`` then decodes (read again from the log) to raise exactly its error (``UnknownEventType``,
+   ``UnsupportedEventVersion``, ``MalformedEvent``); with ``until`` the same aggregate finds where the prefix ends.
+   A state that is not JSON fails the parse itself (a ``DataError``), and so does a value the contract refuses (or
+   a missing field that lands in a NOT NULL column): ``projections.rebuild`` then finds that record with the
+   contract's decoder. The staging tables are committed, for the next step's connections.
+3. tables (``steps``, run by ``run_steps`` on two connections, each step its own transaction): one ``INSERT ...
+   SELECT`` per read-model table, then primary keys (dropped before the load: sorting once is several times cheaper
+   than growing a b-tree row by row, and the result is the same catalog; a duplicate fails there as it would have
+   failed at insert), foreign keys and indexes, the index builds of one table side by side.
 4. checks: what the projector's row changes would have refused (a close of an account never opened, a resolution
    of a transfer that holds nothing, a pending transfer ended twice, an unknown kind or resolution) raises
    ``ProjectionBug``.
 
-The caller then adds the foreign keys and indexes (``projections.schema.add_constraints``) and commits.
+``finish`` then adds what needs every step (the entries' primary key and foreign keys, the balances) and drops the
+staging tables; the caller commits the swap.
 """
 
 from __future__ import annotations
@@ -171,7 +175,7 @@ class Built:
 
 # ------------------------------------------------------------------------------------------- SQL fragments
 # Statements are templates composed with psycopg's `sql` module: `{s}` is the schema, `{log}`, `{transfers}`,
-# `{facts}`, `{transfer_state}` the scratch tables and type, `{transfer_committed}` ... the topics, and the rest
+# `{facts}` the scratch tables, `{transfer_committed}` ... the topics, and the rest
 # fragments below.
 
 
@@ -188,7 +192,7 @@ def _field(state: str, name: str) -> sql.Composed:
 def _uuid(value: sql.Composable, *, optional: bool = False) -> sql.Composed:
     """The uuid of a stored ``{"_type_": "uuid_hex", "_data_": "<32 hex>"}``: any other value fails the cast, as the
     contract refuses it (``MalformedEvent``), and null is NULL only where the contract allows it. A missing field is
-    NULL (or the transfer state's marker): the record's check refuses it."""
+    NULL too: the record's check refuses it."""
     null = "WHEN {v} = 'null' THEN NULL " if optional else ""
     return sql.SQL("(CASE WHEN {v} IS NULL THEN NULL " + null + "WHEN {v}->>'_type_' = 'uuid_hex' AND "
                    "length({v}->>'_data_') = 32 THEN {v}->>'_data_' ELSE 'not a stored uuid' END)::uuid"

@@ -24,6 +24,7 @@ import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from psycopg.conninfo import make_conninfo
 from readside_support import (
     SteppingClock,
     append_record,
@@ -369,6 +370,23 @@ def test_a_second_rebuild_into_the_same_schema_is_refused_while_the_first_runs(l
         rebuild(ledger.read_dsn, ledger.log, "elsewhere")  # another target is not held up
         first.execute("SELECT pg_advisory_unlock(hashtext('razao-rebuild:contended'))")
     assert rebuild(ledger.read_dsn, ledger.log, "contended").events == len(ledger.events())
+
+
+def test_a_role_that_is_not_a_superuser_rebuilds_too(ledger: Ledger) -> None:
+    """The rebuild compresses its WAL when it may: a role without that privilege still rebuilds."""
+    role = f"razao_rebuild_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(ledger.read_dsn, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN NOSUPERUSER")
+        admin.execute(f"GRANT CREATE ON DATABASE {admin.info.dbname} TO {role}")
+        try:
+            built = rebuild(make_conninfo(ledger.read_dsn, user=role), ledger.log, "by_plain_role")
+            assert built.events == len(ledger.events())
+            assert admin.execute("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'by_plain_role'"
+                                 ).fetchone() == (role,)
+        finally:
+            admin.execute("DROP SCHEMA IF EXISTS by_plain_role CASCADE")
+            admin.execute(f"REVOKE CREATE ON DATABASE {admin.info.dbname} FROM {role}")
+            admin.execute(f"DROP ROLE {role}")
 
 
 def test_the_first_failing_step_cancels_the_step_running_beside_it(ledger: Ledger) -> None:
