@@ -340,6 +340,9 @@ def verify(read_dsn: str, log: NotificationLog, rebuilt: str, live: str = LIVE_S
     with psycopg.connect(read_dsn, autocommit=True, application_name="razao-verify") as conn:
         if not schema_exists(conn, rebuilt):
             raise ValueError(f"schema {rebuilt!r} does not exist: run `razao projections rebuild --into {rebuilt}`")
+        if not schema_exists(conn, live):
+            raise ValueError(f"there are no live read models ({live!r}) to compare with: the projector has not run "
+                             "against this read database")
         # One snapshot of the live models, copied so the comparison needs no lock on the live projector.
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         with conn.transaction():

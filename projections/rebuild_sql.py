@@ -442,7 +442,7 @@ def _run_step(conn: Conn, step: Step) -> None:
 def finish(conn: Conn, schema: str, keys: PrimaryKeys, progress: Stage) -> None:
     """What needs every step's tables: the entries' primary key (its index is built) and foreign keys, the balances
     (each account's latest entry, found through that key) and the last primary keys; then the staging tables go."""
-    total = 4
+    total = 5  # the caller reports the commit (4) and the end (5)
     progress("constraints/primary key of entries", 0, total)
     entries_key = keys["entries"]
     conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY USING INDEX {}").format(

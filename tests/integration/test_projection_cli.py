@@ -49,6 +49,9 @@ def test_rebuild_verify_and_status_from_the_command_line(razao, ledger_and_read)
     events = list(iter_events(log))
     log.close()
     ensure_database(read_dsn)
+    razao("projections", "rebuild", "--into", "early", env=env)  # before any projector ran: nothing to compare with
+    early = razao("projections", "verify", "--schema", "early", env=env, check=False)
+    assert early.returncode == 2 and "no live read models" in early.stderr and "Traceback" not in early.stderr
     store = ProjectionStore(read_dsn)
     store.ensure()
     store.apply(events[:-10])
