@@ -35,19 +35,20 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import psycopg
 from kafka import KafkaProducer  # type: ignore[import-untyped]
 from kafka.admin import KafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 from kafka.errors import KafkaError, TopicAlreadyExistsError  # type: ignore[import-untyped]
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from commands.bootstrap import build_ledger, open_ledger_app
 from infra.platform import ServiceSpec
 from infra.processes import free_port, port_is_free
 from infra.settings import Settings, load_settings
+from infra.status_server import serve_status
 from ledger.application import LedgerApplication
 from ledger.chart import REQUIRED_FLAGS, AccountCode
 from ledger.contracts import GENESIS_CHAIN_HASH, LEDGER_TOPIC, ContractError, LogDecoder
@@ -406,29 +407,11 @@ def ensure_topic(admin: KafkaAdminClient, topic: str, known_id: str | None = Non
 
 
 def serve_metrics(relay: Relay, port: int) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path == "/metrics":
-                body, status, kind = generate_latest(relay.metrics.registry), 200, "text/plain; version=0.0.4"
-            elif self.path == "/health":
-                healthy = relay.healthy
-                body = json.dumps({"status": "ok" if healthy else "degraded",
-                                   "position": relay.position}).encode()
-                status, kind = 200 if healthy else 503, "application/json"
-            else:
-                body, status, kind = b"not found", 404, "text/plain"
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def health() -> tuple[int, dict[str, Any]]:
+        healthy = relay.healthy
+        return (200 if healthy else 503), {"status": "ok" if healthy else "degraded", "position": relay.position}
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    threading.Thread(target=server.serve_forever, name="relay-metrics", daemon=True).start()
-    return server
+    return serve_status(port, relay.metrics.registry, health, name="relay-metrics")
 
 
 # -------------------------------------------------------------------------------------------------- entry

@@ -23,6 +23,7 @@ from infra.postgres_store import postgres_env
 from infra.probes import kafka_brokers, kafka_endpoint
 from infra.processes import free_port, port_is_free
 from infra.settings import Settings, database_name, drop_database, ensure_database, load_settings, with_database
+from infra.status_server import serve_status
 from ledger.contracts import LEDGER_TOPIC
 
 ENV_READ_PG_DSN = "RAZAO_READ_PG_DSN"
@@ -41,7 +42,7 @@ __all__ = [
     "RAW_LOG_COLUMNS", "LedgerLog", "LogRecord", "NotificationLog", "RawLog", "ReadSettings", "database_name",
     "drop_database", "ensure_database", "ensure_read_database", "free_port", "jwt_public_key_files", "kafka_reachable",
     "load_read_settings",
-    "open_event_store_reader", "open_ledger_log", "read_dsn_for", "services", "with_database",
+    "open_event_store_reader", "open_ledger_log", "read_dsn_for", "serve_status", "services", "with_database",
 ]
 
 class NotificationLog(Protocol):

@@ -18,7 +18,6 @@ What stops the projector, and never gets skipped:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import signal
 import sys
@@ -26,16 +25,17 @@ import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import psycopg
 from kafka import KafkaConsumer, TopicPartition  # type: ignore[import-untyped]
 from kafka.consumer.subscription_state import ConsumerRebalanceListener  # type: ignore[import-untyped]
 from kafka.structs import OffsetAndMetadata  # type: ignore[import-untyped]
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ledger.contracts import ContractError, IntegrationEvent
+from projections.bootstrap import serve_status
 from projections.limits import (
     PROJECTOR_BATCH_EVENTS_MAX,
     PROJECTOR_POLL_MS_MAX,
@@ -249,30 +249,14 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 def serve_health(projector: Projector, port: int) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path == "/metrics":
-                body, status, kind = generate_latest(projector.metrics.registry), 200, "text/plain; version=0.0.4"
-            elif self.path == "/health":
-                alive = time.monotonic() - projector.last_loop < 30
-                halted = bool(projector.halted)
-                body = json.dumps({"status": "halted" if halted else "ok" if alive else "stalled",
-                                   "position": projector.position, "detail": projector.status}).encode()
-                status, kind = (200 if alive and not halted else 503), "application/json"
-            else:
-                body, status, kind = b"not found", 404, "text/plain"
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def health() -> tuple[int, dict[str, Any]]:
+        alive = time.monotonic() - projector.last_loop < 30
+        halted = bool(projector.halted)
+        return (200 if alive and not halted else 503), {
+            "status": "halted" if halted else "ok" if alive else "stalled", "position": projector.position,
+            "detail": projector.status}
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    threading.Thread(target=server.serve_forever, name="projector-health", daemon=True).start()
-    return server
+    return serve_status(port, projector.metrics.registry, health, name="projector-health")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
