@@ -36,6 +36,12 @@ from commands.pix_inbox import notified_items
 from commands.pix_runtime import PixRuntime
 from ledger import errors as ledger_errors
 from ledger.pix import (
+    END_TO_END_ID_PATTERN,
+    PIX_KEY_LENGTH_MAX,
+    PIX_TEXT_LENGTH_MAX,
+    RECEIVED_TXID_PATTERN,
+    VALOR_PATTERN,
+    WEBHOOK_PIX_ITEMS_MAX,
     WEBHOOK_PSP_HEADER,
     WEBHOOK_SIGNATURE_HEADER,
     InvalidPixPayload,
@@ -97,8 +103,42 @@ async def ingest(pix: PixRuntime, psp: str, headers: Mapping[str, str], body: by
     return WebhookAccepted(accepted=len(received), new=len(new))
 
 
+def _anchored(pattern: re.Pattern[str]) -> str:
+    """A ``\\A...\\Z`` pattern of ``ledger.pix`` as JSON Schema writes it (``^...$``, no group names)."""
+    return "^" + re.sub(r"\(\?P<\w+>", "(", pattern.pattern.removeprefix("\\A").removesuffix("\\Z")) + "$"
+
+
+#: The body and headers in OpenAPI, for PSP integrators and for fuzzing: the spec's ``WebhookPixBody`` as
+#: ``validate_webhook_body`` enforces it (the route reads the raw body itself, to check its signature first). The
+#: rules the spec states only in prose (a positive ``valor``, parts adding up) are enforced but not expressible here.
+_WEBHOOK_OPENAPI: Final = {
+    "parameters": [
+        {"name": WEBHOOK_SIGNATURE_HEADER, "in": "header", "required": True,
+         "description": "sha256=<hex HMAC-SHA256 of the body under the PSP's webhook secret>",
+         "schema": {"type": "string", "pattern": "^sha256=[0-9a-f]{64}$"}},
+        {"name": WEBHOOK_PSP_HEADER, "in": "header", "required": True,
+         "description": "The PSP's name, as in the path", "schema": {"type": "string"}},
+        {"name": DELIVERY_HEADER, "in": "header", "required": False,
+         "description": "The PSP's id of this delivery (logged)",
+         "schema": {"type": "string", "maxLength": DELIVERY_ID_LENGTH_MAX}},
+    ],
+    "requestBody": {"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "required": ["pix"],
+        "properties": {"pix": {"type": "array", "maxItems": WEBHOOK_PIX_ITEMS_MAX, "items": {
+            "type": "object", "required": ["endToEndId", "valor", "horario"],
+            "properties": {
+                "endToEndId": {"type": "string", "pattern": _anchored(END_TO_END_ID_PATTERN)},
+                "txid": {"type": "string", "pattern": _anchored(RECEIVED_TXID_PATTERN)},
+                "valor": {"type": "string", "pattern": _anchored(VALOR_PATTERN)},
+                "chave": {"type": "string", "maxLength": PIX_KEY_LENGTH_MAX},
+                "horario": {"type": "string", "format": "date-time"},
+                "infoPagador": {"type": "string", "maxLength": PIX_TEXT_LENGTH_MAX},
+            }}}}}}}},
+}
+
+
 @router.post(ROUTE_TEMPLATE, status_code=202, response_model=WebhookAccepted,
-             responses=problems(400, 401, 403, 404, 413, 415, 503),
+             responses=problems(400, 401, 403, 404, 413, 415, 503), openapi_extra=_WEBHOOK_OPENAPI,
              summary="Received-Pix notification from a PSP (the spec's webhook callback)")
 async def receive_pix(psp: PspName, request: Request, pix: Pix) -> Response:
     """``{"pix": [Pix, ...]}`` as in the BCB spec's ``WebhookPixBody``, signed by the PSP
