@@ -18,6 +18,15 @@ from eventsourcing.persistence import InfrastructureFactory
 from eventsourcing.utils import Environment
 from psycopg import sql
 
+from infra.bearer_tokens import (
+    CUSTOMER_ROLES,
+    TokenRejected,
+    VerifiedTokens,
+    bearer_token,
+    decode_claims,
+    subject_and_role,
+    token_algorithm,
+)
 from infra.platform import ServiceSpec
 from infra.postgres_store import postgres_env
 from infra.probes import kafka_brokers, kafka_endpoint
@@ -39,10 +48,33 @@ LEDGER_APPLICATION_NAME = "Ledger"
 # Infra helpers are re-exported here for the read side's tools (the benchmarks), which reach infra only through
 # this module.
 __all__ = [
-    "RAW_LOG_COLUMNS", "LedgerLog", "LogRecord", "NotificationLog", "RawLog", "ReadSettings", "database_name",
-    "drop_database", "ensure_database", "ensure_read_database", "free_port", "jwt_public_key_files", "kafka_reachable",
+    "CUSTOMER_ROLES",
+    "RAW_LOG_COLUMNS",
+    "LedgerLog",
+    "LogRecord",
+    "NotificationLog",
+    "RawLog",
+    "ReadSettings",
+    "TokenRejected",
+    "VerifiedTokens",
+    "bearer_token",
+    "database_name",
+    "decode_claims",
+    "drop_database",
+    "ensure_database",
+    "ensure_read_database",
+    "free_port",
+    "jwt_public_key_files",
+    "kafka_reachable",
     "load_read_settings",
-    "open_event_store_reader", "open_ledger_log", "read_dsn_for", "serve_status", "services", "with_database",
+    "open_event_store_reader",
+    "open_ledger_log",
+    "read_dsn_for",
+    "serve_status",
+    "services",
+    "subject_and_role",
+    "token_algorithm",
+    "with_database",
 ]
 
 class NotificationLog(Protocol):
@@ -63,13 +95,13 @@ RAW_LOG_COLUMNS: tuple[tuple[str, str], ...] = (
 class RawLog(NotificationLog, Protocol):
     """A notification log that can also hand over its raw records in bulk (the set-based rebuild's input)."""
 
-    def copy_records(self, after: int, upto: int) -> Iterator[bytes | memoryview]:
+    def copy_records(self, after: int, upto: int) -> Iterator[bytes | bytearray | memoryview]:
         """The records with ``after < id <= upto`` as the blocks of one ``COPY ... TO STDOUT (FORMAT BINARY)``
         of ``RAW_LOG_COLUMNS``, in no particular order (each block can go straight into a ``COPY FROM``)."""
         ...
 
     def copy_select(self, after: int, upto: int, select: Callable[[sql.Composable], sql.Composable],
-                    settings: Mapping[str, str] | None = None) -> Iterator[bytes | memoryview]:
+                    settings: Mapping[str, str] | None = None) -> Iterator[bytes | bytearray | memoryview]:
         """Like ``copy_records``, of the query ``select(records)`` run where the log is (with these planner
         ``settings``): ``records`` is a subquery of the records in the range with the columns of
         ``RAW_LOG_COLUMNS``."""
@@ -181,12 +213,12 @@ class LedgerLog:
         row = self._conn.execute(self._max).fetchone()
         return int(row[0]) if row and row[0] is not None else None
 
-    def copy_records(self, after: int, upto: int) -> Iterator[bytes | memoryview]:
+    def copy_records(self, after: int, upto: int) -> Iterator[bytes | bytearray | memoryview]:
         """``RawLog.copy_records``: one binary COPY of the range on this reader's connection."""
         return self.copy_select(after, upto, lambda records: sql.SQL("SELECT * FROM {} l").format(records))
 
     def copy_select(self, after: int, upto: int, select: Callable[[sql.Composable], sql.Composable],
-                    settings: Mapping[str, str] | None = None) -> Iterator[bytes | memoryview]:
+                    settings: Mapping[str, str] | None = None) -> Iterator[bytes | bytearray | memoryview]:
         """``RawLog.copy_select``: one binary COPY of the query on this reader's connection, in a transaction of
         its own that holds the settings."""
         if self._empty or upto <= after:

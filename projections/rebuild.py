@@ -212,7 +212,8 @@ def _build_sql(read_dsn: str, log: NotificationLog, schema: str, *, upto: int, u
     server) and swapped in for ``schema`` by the last commit; any failure drops what was built."""
     building = rebuild_sql.building_schema(schema)
     with _connect(read_dsn) as conn, _connect(read_dsn) as helper:
-        if not conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (f"razao-rebuild:{schema}",)).fetchone()[0]:
+        held = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (f"razao-rebuild:{schema}",)).fetchone()
+        if not (held and held[0]):
             raise RebuildBusy(f"another rebuild into {schema!r} is running; wait for it or rebuild elsewhere")
         conn.commit()
         try:

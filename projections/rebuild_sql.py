@@ -366,7 +366,7 @@ def steps(schema: str, keys: PrimaryKeys) -> list[Step]:
     """
     fragments = _fragments(schema)
 
-    def run(*statements: sql.Composable) -> Callable[[Conn], None]:
+    def run(*statements: sql.Composed) -> Callable[[Conn], None]:
         def execute(conn: Conn) -> None:
             for statement in statements:
                 conn.execute(statement)

@@ -17,7 +17,6 @@ import os
 import re
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +28,19 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from commands.api.limits import SUBJECT_LENGTH_MAX, TOKEN_CACHE_ENTRIES_MAX, TOKEN_LEEWAY_S, TOKEN_LENGTH_MAX
 from commands.api.settings import DEV_PRIVATE_KEY_FILENAME, DEV_PUBLIC_KEY_FILENAME, ApiSettings, UnsafeConfiguration
+from infra.bearer_tokens import (  # noqa: F401 - AUDIENCE, ISSUER, REQUIRED_CLAIMS, bearer_token: this API's names too
+    AUDIENCE,
+    CUSTOMER_ROLES,
+    ISSUER,
+    REQUIRED_CLAIMS,
+    TokenRejected,
+    VerifiedTokens,
+    bearer_token,
+    decode_claims,
+    subject_and_role,
+    token_algorithm,
+)
 
-AUDIENCE: Final = "razao-api"
-ISSUER: Final = "razao-auth"
-REQUIRED_CLAIMS: Final = ("sub", "role", "aud", "iss", "exp", "iat")
-CUSTOMER_ROLES: Final = frozenset({"investor", "borrower"})
 #: Staff and internal callers. Auditors read only; PSPs only call webhooks (not served here).
 INTERNAL_ROLES: Final = frozenset({"operator", "service", "auditor", "psp"})
 ROLES: Final = CUSTOMER_ROLES | INTERNAL_ROLES
@@ -61,115 +68,59 @@ class Principal:
         return uuid.UUID(self.sub)
 
 
-class TokenRejected(Exception):
-    """The token is missing or not acceptable; the message says why (safe to show the caller)."""
-
-
-_REASONS: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
-    (jwt.ExpiredSignatureError, "the token has expired"),
-    (jwt.ImmatureSignatureError, "the token is not valid yet"),
-    (jwt.InvalidAudienceError, f"the token's audience is not {AUDIENCE}"),
-    (jwt.InvalidIssuerError, f"the token's issuer is not {ISSUER}"),
-    (jwt.InvalidSignatureError, "the token's signature is not valid"),
-    (jwt.DecodeError, "the token is malformed"),
-)
-
-
 class TokenVerifier:
-    """Verifies bearer tokens; keeps verified ones in a bounded LRU keyed by the token, honouring ``exp``.
-
-    Used from the event loop thread only (not thread safe, and need not be).
-    """
+    """Verifies bearer tokens (``infra.bearer_tokens``); keeps verified ones in a bounded LRU keyed by the token,
+    honouring ``exp``."""
 
     def __init__(
         self, public_key: Ed25519PublicKey, hs256_secret: bytes | None = None, *, clock: Clock = time.time,
         cache_entries_max: int = TOKEN_CACHE_ENTRIES_MAX, leeway_s: int = TOKEN_LEEWAY_S,
     ) -> None:
-        assert cache_entries_max > 0
         self.public_key = public_key
         self.hs256_secret = hs256_secret
         self.clock = clock
-        self.cache_entries_max = cache_entries_max
         self.leeway_s = leeway_s
-        self._cache: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
+        self._verified: VerifiedTokens[Principal] = VerifiedTokens(cache_entries_max, leeway_s)
+
+    @property
+    def hits(self) -> int:
+        return self._verified.hits
+
+    @property
+    def misses(self) -> int:
+        return self._verified.misses
+
+    @property
+    def cached_tokens(self) -> int:
+        return len(self._verified)
 
     def verify(self, token: str) -> Principal:
         """The principal of a valid token; raises ``TokenRejected`` otherwise."""
         now = self.clock()
-        cached = self._cache.get(token)
-        if cached is not None:
-            principal, exp = cached
-            if now < exp + self.leeway_s:
-                self.hits += 1
-                self._cache.move_to_end(token)
-                return principal
-            del self._cache[token]
-            raise TokenRejected("the token has expired")
-        self.misses += 1
-        principal, exp = self._decode(token)
-        self._cache[token] = (principal, exp)
-        if len(self._cache) > self.cache_entries_max:
-            self._cache.popitem(last=False)
+        principal = self._verified.get(token, now)
+        if principal is None:
+            claims = decode_claims(token, *self._key_for(token), leeway_s=self.leeway_s)
+            principal = check_claims(claims)
+            self._verified.put(token, principal, float(claims["exp"]))
         return principal
 
     def _key_for(self, token: str) -> tuple[Ed25519PublicKey | bytes, str]:
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
-            raise TokenRejected("the token is malformed") from None
-        alg = header.get("alg")
+        alg = token_algorithm(token, TOKEN_LENGTH_MAX)
         if alg == "EdDSA":
             return self.public_key, "EdDSA"
         if alg == "HS256" and self.hs256_secret is not None:
             return self.hs256_secret, "HS256"
-        raise TokenRejected(f"the token's algorithm {str(alg)[:16]!r} is not accepted")
-
-    def _decode(self, token: str) -> tuple[Principal, float]:
-        if not token or len(token) > TOKEN_LENGTH_MAX or not token.isascii():
-            raise TokenRejected("the token is malformed")
-        key, alg = self._key_for(token)
-        try:
-            claims = jwt.decode(
-                token, key, algorithms=[alg], audience=AUDIENCE, issuer=ISSUER, leeway=self.leeway_s,
-                options={"require": list(REQUIRED_CLAIMS), "verify_signature": True, "verify_exp": True,
-                         "verify_nbf": True, "verify_iat": True, "verify_aud": True, "verify_iss": True},
-            )
-        except jwt.MissingRequiredClaimError as exc:
-            raise TokenRejected(f"the token lacks the {exc.claim!r} claim") from None
-        except jwt.PyJWTError as exc:
-            reason = next((text for kind, text in _REASONS if isinstance(exc, kind)), "the token is not valid")
-            raise TokenRejected(reason) from None
-        return check_claims(claims), float(claims["exp"])
+        raise TokenRejected(f"the token's algorithm {alg[:16]!r} is not accepted")
 
 
 def check_claims(claims: dict[str, object]) -> Principal:
-    sub, role = claims.get("sub"), claims.get("role")
-    if not isinstance(role, str) or role not in ROLES:
+    """The principal of verified claims: a role of ours, a subject that can prefix idempotency keys."""
+    sub, role = subject_and_role(claims)
+    if role not in ROLES:
         raise TokenRejected("the token's role is not known")
-    if not isinstance(sub, str) or not SUBJECT_PATTERN.match(sub):
+    if not SUBJECT_PATTERN.match(sub):
         raise TokenRejected("the token's subject is not acceptable")
-    if role in CUSTOMER_ROLES:
-        try:
-            canonical = str(uuid.UUID(sub))
-        except ValueError:
-            canonical = ""
-        if canonical != sub:
-            raise TokenRejected("a customer's subject must be their party id (a lowercase UUID)")
-    if not isinstance(claims.get("iat"), int | float):
-        raise TokenRejected("the token's iat is not a number")
     return Principal(sub, role)
-
-
-def bearer_token(authorization: str | None) -> str:
-    """The token of an ``Authorization: Bearer <token>`` header; raises ``TokenRejected``."""
-    if not authorization:
-        raise TokenRejected("missing bearer token")
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise TokenRejected("the Authorization header must be 'Bearer <token>'")
-    return token.strip()
 
 
 # ---- keys --------------------------------------------------------------------------------------------------

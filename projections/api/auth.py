@@ -12,29 +12,27 @@ start in any order.
 
 from __future__ import annotations
 
-import threading
-import uuid
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from projections.bootstrap import (  # noqa: F401 - bearer_token and TokenRejected: this API's names too
+    CUSTOMER_ROLES,
+    TokenRejected,
+    VerifiedTokens,
+    bearer_token,
+    decode_claims,
+    subject_and_role,
+    token_algorithm,
+)
 from projections.limits import TOKEN_LEEWAY_S, TOKEN_LENGTH_MAX
 
-AUDIENCE: Final = "razao-api"
-ISSUER: Final = "razao-auth"
-CUSTOMER_ROLES: Final = frozenset({"investor", "borrower"})
 SEE_ALL_ROLES: Final = frozenset({"auditor", "operator"})
 #: Verified tokens kept, so a client's repeated token costs a dict lookup rather than a signature check.
 TOKEN_CACHE_ENTRIES_MAX: Final = 10_000
-
-
-class TokenRejected(Exception):
-    """The token is missing or unacceptable; the message is safe to show the caller."""
 
 
 class KeyUnavailable(Exception):
@@ -57,11 +55,12 @@ class Principal:
 
 
 class TokenVerifier:
+    """Verifies EdDSA bearer tokens (``infra.bearer_tokens``), keeping verified ones until their ``exp``."""
+
     def __init__(self, public_key_files: tuple[Path, ...]) -> None:
         self.public_key_files = public_key_files
         self._key: Ed25519PublicKey | None = None
-        self._lock = threading.Lock()
-        self._cache: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+        self._verified: VerifiedTokens[Principal] = VerifiedTokens(TOKEN_CACHE_ENTRIES_MAX, TOKEN_LEEWAY_S)
 
     def _public_key(self) -> Ed25519PublicKey:
         if self._key is None:
@@ -75,51 +74,12 @@ class TokenVerifier:
         return self._key
 
     def verify(self, token: str, now: float) -> Principal:
-        if len(token) > TOKEN_LENGTH_MAX:
-            raise TokenRejected("the token is too long")
-        with self._lock:
-            cached = self._cache.get(token)
-            if cached is not None and cached[1] > now - TOKEN_LEEWAY_S:
-                self._cache.move_to_end(token)
-                return cached[0]
-        try:
-            claims = jwt.decode(token, self._public_key(), algorithms=["EdDSA"], audience=AUDIENCE, issuer=ISSUER,
-                                leeway=TOKEN_LEEWAY_S,
-                                options={"require": ["sub", "role", "aud", "iss", "exp", "iat"]})
-        except jwt.ExpiredSignatureError:
-            raise TokenRejected("the token has expired") from None
-        except jwt.MissingRequiredClaimError as exc:
-            raise TokenRejected(f"the token lacks the {exc.claim!r} claim") from None
-        except (jwt.InvalidAudienceError, jwt.InvalidIssuerError):
-            raise TokenRejected("the token was not issued for this API") from None
-        except jwt.PyJWTError:
-            raise TokenRejected("the token is not valid") from None
-        principal = _principal(claims)
-        with self._lock:
-            self._cache[token] = (principal, float(claims["exp"]))
-            if len(self._cache) > TOKEN_CACHE_ENTRIES_MAX:
-                self._cache.popitem(last=False)
+        principal = self._verified.get(token, now)
+        if principal is None:
+            algorithm = token_algorithm(token, TOKEN_LENGTH_MAX)
+            if algorithm != "EdDSA":
+                raise TokenRejected(f"the token's algorithm {algorithm[:16]!r} is not accepted")
+            claims = decode_claims(token, self._public_key(), "EdDSA", leeway_s=TOKEN_LEEWAY_S)
+            principal = Principal(*subject_and_role(claims))
+            self._verified.put(token, principal, float(claims["exp"]))
         return principal
-
-
-def _principal(claims: dict[str, object]) -> Principal:
-    sub, role = claims.get("sub"), claims.get("role")
-    if not isinstance(sub, str) or not isinstance(role, str):
-        raise TokenRejected("the token's subject and role must be strings")
-    if role in CUSTOMER_ROLES:
-        try:
-            canonical = str(uuid.UUID(sub))
-        except ValueError:
-            canonical = ""
-        if canonical != sub:
-            raise TokenRejected("a customer's subject must be their party id (a lowercase UUID)")
-    return Principal(sub, role)
-
-
-def bearer_token(authorization: str | None) -> str:
-    if not authorization:
-        raise TokenRejected("missing bearer token")
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise TokenRejected("the Authorization header must be 'Bearer <token>'")
-    return token.strip()

@@ -52,7 +52,7 @@ def test_token_cache_is_bounded() -> None:
     tokens = [mint_token(key, f"svc-{n}", "service") for n in range(5)]
     for token in tokens:
         verifier.verify(token)
-    assert len(verifier._cache) == 3 and verifier.misses == 5
+    assert verifier.cached_tokens == 3 and verifier.misses == 5
 
 
 def test_hs256_only_with_the_configured_secret_and_never_keyed_by_the_public_key() -> None:
