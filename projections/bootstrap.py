@@ -18,15 +18,7 @@ from eventsourcing.persistence import InfrastructureFactory
 from eventsourcing.utils import Environment
 from psycopg import sql
 
-from infra.bearer_tokens import (
-    CUSTOMER_ROLES,
-    TokenRejected,
-    VerifiedTokens,
-    bearer_token,
-    decode_claims,
-    subject_and_role,
-    token_algorithm,
-)
+from infra import bearer_tokens
 from infra.platform import ServiceSpec
 from infra.postgres_store import postgres_env
 from infra.probes import kafka_brokers, kafka_endpoint
@@ -48,18 +40,14 @@ LEDGER_APPLICATION_NAME = "Ledger"
 # Infra helpers are re-exported here for the read side's tools (the benchmarks), which reach infra only through
 # this module.
 __all__ = [
-    "CUSTOMER_ROLES",
     "RAW_LOG_COLUMNS",
     "LedgerLog",
     "LogRecord",
     "NotificationLog",
     "RawLog",
     "ReadSettings",
-    "TokenRejected",
-    "VerifiedTokens",
-    "bearer_token",
+    "bearer_tokens",
     "database_name",
-    "decode_claims",
     "drop_database",
     "ensure_database",
     "ensure_read_database",
@@ -72,8 +60,6 @@ __all__ = [
     "read_dsn_for",
     "serve_status",
     "services",
-    "subject_and_role",
-    "token_algorithm",
     "with_database",
 ]
 

@@ -19,18 +19,13 @@ from typing import Final
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from projections.bootstrap import (  # noqa: F401 - bearer_token and TokenRejected: this API's names too
-    CUSTOMER_ROLES,
-    TokenRejected,
-    VerifiedTokens,
-    bearer_token,
-    decode_claims,
-    subject_and_role,
-    token_algorithm,
-)
+from projections.bootstrap import bearer_tokens
 from projections.limits import TOKEN_LEEWAY_S, TOKEN_LENGTH_MAX
 
+CUSTOMER_ROLES: Final = bearer_tokens.CUSTOMER_ROLES
 SEE_ALL_ROLES: Final = frozenset({"auditor", "operator"})
+TokenRejected = bearer_tokens.TokenRejected
+bearer_token = bearer_tokens.bearer_token
 #: Verified tokens kept, so a client's repeated token costs a dict lookup rather than a signature check.
 TOKEN_CACHE_ENTRIES_MAX: Final = 10_000
 
@@ -60,7 +55,8 @@ class TokenVerifier:
     def __init__(self, public_key_files: tuple[Path, ...]) -> None:
         self.public_key_files = public_key_files
         self._key: Ed25519PublicKey | None = None
-        self._verified: VerifiedTokens[Principal] = VerifiedTokens(TOKEN_CACHE_ENTRIES_MAX, TOKEN_LEEWAY_S)
+        self._verified: bearer_tokens.VerifiedTokens[Principal] = bearer_tokens.VerifiedTokens(
+            TOKEN_CACHE_ENTRIES_MAX, TOKEN_LEEWAY_S)
 
     def _public_key(self) -> Ed25519PublicKey:
         if self._key is None:
@@ -76,10 +72,10 @@ class TokenVerifier:
     def verify(self, token: str, now: float) -> Principal:
         principal = self._verified.get(token, now)
         if principal is None:
-            algorithm = token_algorithm(token, TOKEN_LENGTH_MAX)
+            algorithm = bearer_tokens.token_algorithm(token, TOKEN_LENGTH_MAX)
             if algorithm != "EdDSA":
                 raise TokenRejected(f"the token's algorithm {algorithm[:16]!r} is not accepted")
-            claims = decode_claims(token, self._public_key(), "EdDSA", leeway_s=TOKEN_LEEWAY_S)
-            principal = Principal(*subject_and_role(claims))
+            claims = bearer_tokens.decode_claims(token, self._public_key(), "EdDSA", leeway_s=TOKEN_LEEWAY_S)
+            principal = Principal(*bearer_tokens.subject_and_role(claims))
             self._verified.put(token, principal, float(claims["exp"]))
         return principal
