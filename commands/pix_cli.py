@@ -1,4 +1,4 @@
-"""`razao pix status` and `razao pix reconcile --from ISO --to ISO`.
+"""`razao pix status`, `razao pix reconcile --from ISO --to ISO` and `razao pix prune-inbox --older-than-days N`.
 
 Reconciliation credits through the ledger writer, which the running API process owns (ADR 0004), so the CLI asks
 that API to run it (``POST /v1/reconciliation/runs``) with a service token minted like ``razao demo`` does, and
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -19,9 +19,14 @@ from commands.api.auth import mint_token, signing_key_for
 from commands.api.bootstrap import load_api_settings
 from commands.services import api_url
 from infra.pix_gateway import cli_status
+from infra.pix_inbox import PostgresPixInbox
+from infra.settings import load_settings
+from ledger.ports import LedgerUnavailable
 
 HTTP_TIMEOUT_S = 600.0
 SERVICE_SUBJECT = "razao-pix-cli"
+#: The longest retention `prune-inbox` takes (about ten years).
+DAYS_MAX = 3_660
 
 
 def _moment(text: str) -> datetime:
@@ -44,6 +49,45 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     run.add_argument("--url", help="base URL of the command API (default: the one `razao up` started)")
     run.add_argument("--json", action="store_true", help="print the report as JSON")
     run.set_defaults(func=reconcile)
+    prune = commands.add_parser(
+        "prune-inbox", help="delete finished webhook inbox rows (and, if asked, raw deliveries) older than N days",
+        description="The webhook inbox keeps one row per received Pix and every raw delivery. Rows still waiting "
+                    "are never deleted; a Pix delivered again after its row is gone is credited once all the same "
+                    "(the ledger keeps every received Pix). Raw deliveries are audit evidence: delete them only "
+                    "past your retention period.")
+    prune.add_argument("--older-than-days", type=_days, required=True, metavar="N",
+                       help="finished rows done more than N days ago (at least 1)")
+    prune.add_argument("--deliveries-older-than-days", type=_days, metavar="M",
+                       help="also the raw deliveries received more than M days ago (none waiting)")
+    prune.set_defaults(func=prune_inbox)
+
+
+def _days(text: str) -> int:
+    try:
+        days = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of days") from None
+    if not 1 <= days <= DAYS_MAX:
+        raise argparse.ArgumentTypeError(f"days must be 1 to {DAYS_MAX}")
+    return days
+
+
+def prune_inbox(args: argparse.Namespace) -> int:
+    now = datetime.now(UTC)
+    deliveries = args.deliveries_older_than_days
+    inbox = PostgresPixInbox(load_settings().pg_dsn)
+    try:
+        inbox.ensure_schema()
+        rows, bodies = inbox.prune(now - timedelta(days=args.older_than_days),
+                                   deliveries_before=None if deliveries is None else now - timedelta(days=deliveries))
+    except LedgerUnavailable as exc:
+        print(f"razao pix prune-inbox: {exc.detail}")
+        return 1
+    finally:
+        inbox.close()
+    print(f"deleted {rows} finished inbox rows done before {args.older_than_days} days ago"
+          + ("" if deliveries is None else f" and {bodies} raw deliveries received before {deliveries} days ago"))
+    return 0
 
 
 def reconcile(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ import json
 import threading
 import uuid
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any, Final, TypeVar
 
 import psycopg
@@ -30,6 +31,8 @@ T = TypeVar("T")
 DUE_ROWS_MAX: Final = 5_000
 #: A failure note as stored.
 NOTE_LENGTH_MAX: Final = 500
+#: Rows one pruning statement deletes at most: short statements, so the webhooks' inserts never wait long.
+PRUNE_BATCH_ROWS: Final = 10_000
 
 DDL: Final = (
     """CREATE TABLE IF NOT EXISTS pix_webhook_deliveries (
@@ -53,6 +56,10 @@ DDL: Final = (
         note text,
         done_at timestamptz)""",
     "CREATE INDEX IF NOT EXISTS pix_inbox_due ON pix_inbox (next_attempt_at) WHERE status = 'received'",
+    # What `prune` looks for, oldest first, without reading the whole table for each batch (the waiting rows that
+    # keep a delivery are few: they are found through pix_inbox_due's rows).
+    "CREATE INDEX IF NOT EXISTS pix_inbox_done ON pix_inbox (done_at) WHERE status <> 'received'",
+    "CREATE INDEX IF NOT EXISTS pix_webhook_deliveries_received ON pix_webhook_deliveries (received_at)",
 )
 
 
@@ -139,6 +146,31 @@ class PostgresPixInbox:
             "next_attempt_at = now() + make_interval(secs => u.d) "
             "FROM jsonb_to_recordset(%s::jsonb) AS u(e text, n text, d float8) WHERE end_to_end_id = u.e",
             (json.dumps(rows),)))
+
+    def prune(self, done_before: datetime, *, deliveries_before: datetime | None = None) -> tuple[int, int]:
+        """Deletes the inbox rows finished (credited, suspense, invalid, conflict) before ``done_before`` and, with
+        ``deliveries_before``, the raw deliveries received before it that no waiting row came from; returns how
+        many of each. Rows still waiting are never touched.
+
+        Safe at any age: a Pix delivered again after its row is gone is stored anew, confirmed again, and the
+        ledger, which keeps every received Pix by endToEndId, answers that it was credited already.
+        """
+        rows = self._delete_in_batches(
+            "DELETE FROM pix_inbox WHERE end_to_end_id IN (SELECT end_to_end_id FROM pix_inbox "
+            "WHERE status <> 'received' AND done_at < %s LIMIT %s)", done_before)
+        deliveries = 0 if deliveries_before is None else self._delete_in_batches(
+            "DELETE FROM pix_webhook_deliveries WHERE id IN (SELECT d.id FROM pix_webhook_deliveries d "
+            "WHERE d.received_at < %s AND NOT EXISTS (SELECT 1 FROM pix_inbox i WHERE i.delivery = d.id "
+            "AND i.status = 'received') LIMIT %s)", deliveries_before)
+        return rows, deliveries
+
+    def _delete_in_batches(self, statement: str, before: datetime) -> int:
+        deleted = 0
+        while True:
+            count = self._run(lambda conn: conn.execute(statement, (before, PRUNE_BATCH_ROWS)).rowcount)
+            deleted += count
+            if count < PRUNE_BATCH_ROWS:
+                return deleted
 
     def pending_count(self) -> int:
         row = self._run(lambda conn: conn.execute(

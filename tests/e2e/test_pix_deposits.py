@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import psycopg
 
 from tests.e2e.conftest import new_key
 from tests.e2e.pix_support import PixPlatform, pix, pix_item
@@ -79,6 +80,28 @@ def test_the_same_pix_delivered_five_times_concurrently_is_credited_once(pix: Pi
     assert pix.wallet(party["wallet_id"])["posted"] == "42.00"
     settlement_events = pix.received(paid["endToEndId"])
     assert settlement_events is not None and settlement_events["valor"] == "42.00"
+
+
+def test_a_pix_delivered_again_after_its_inbox_row_was_pruned_is_credited_once(pix: PixPlatform, razao: Any) -> None:
+    party, ana = pix.investor()
+    deposit = pix.deposit(ana, "13.00")
+    paid = pix.primary.pay(txid=deposit["txid"])
+    e2eid = paid["endToEndId"]
+    pix.wait_for("the credit", lambda: pix.wallet(party["wallet_id"])["posted"] == "13.00")
+    inbox = "SELECT status FROM pix_inbox WHERE end_to_end_id = %s"
+    with psycopg.connect(pix.api.dsn, autocommit=True) as conn:
+        pix.wait_for("the row done", lambda: conn.execute(inbox, (e2eid,)).fetchone() == ("credited",))
+        conn.execute("UPDATE pix_inbox SET done_at = now() - interval '2 days' WHERE end_to_end_id = %s", (e2eid,))
+        env = {**pix.env, "RAZAO_PG_DSN": pix.api.dsn, "PATH": "/usr/bin:/bin"}
+        refused = razao("pix", "prune-inbox", "--older-than-days", "0", env=env, check=False)
+        assert refused.returncode == 2 and "days must be 1 to" in refused.stderr
+        pruned = razao("pix", "prune-inbox", "--older-than-days", "1", env=env).stdout
+        assert "deleted 1 finished inbox rows" in pruned
+        assert conn.execute(inbox, (e2eid,)).fetchone() is None
+        again = pix.post_webhook("primary", pix_item(paid))
+        assert again.status_code == 202 and again.json() == {"accepted": 1, "new": 1}  # stored anew ...
+        pix.wait_for("the row done again", lambda: conn.execute(inbox, (e2eid,)).fetchone() == ("credited",))
+    assert pix.wallet(party["wallet_id"])["posted"] == "13.00"  # ... and credited once all the same
 
 
 def test_unmatched_pix_go_to_suspense_with_a_reconciliation_item(pix: PixPlatform) -> None:

@@ -7,7 +7,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -97,3 +97,34 @@ def test_a_stopped_writer_refuses(inbox: PostgresPixInbox) -> None:
     writer = InboxWriter(inbox)
     with pytest.raises(Exception, match="not running"):
         writer.submit(delivery(1)).result(timeout=1)
+
+
+def test_prune_deletes_only_finished_rows_and_deliveries_nothing_waits_on(inbox: PostgresPixInbox) -> None:
+    inbox.append([delivery(1, 2)])
+    inbox.append([delivery(3)])
+    inbox.append([delivery(4)])
+    inbox.finish([(e2eid(1), "credited", None), (e2eid(3), "suspense", "UNKNOWN_TXID"), (e2eid(4), "invalid", "x")])
+    inbox._run(lambda conn: conn.execute(
+        "UPDATE pix_inbox SET done_at = now() - interval '3 days' WHERE end_to_end_id = ANY(%s)",
+        ([e2eid(1), e2eid(3)],)))
+    inbox._run(lambda conn: conn.execute("UPDATE pix_webhook_deliveries SET received_at = now() - interval '3 days'"))
+    now = datetime.now(UTC)
+    # Rows done two days ago go; the one done just now and the one still waiting (2) stay; deliveries are kept
+    # unless asked for.
+    assert inbox.prune(now - timedelta(days=2)) == (2, 0)
+    assert [inbox.status_of(e2eid(n)) is None for n in (1, 2, 3, 4)] == [True, False, True, False]
+    # The delivery of 1 and 2 still feeds a waiting row (2): it stays; the other two go.
+    assert inbox.prune(now - timedelta(days=2), deliveries_before=now - timedelta(days=2)) == (0, 2)
+    assert inbox._run(lambda conn: conn.execute("SELECT pix_count FROM pix_webhook_deliveries").fetchall()) == [(2,)]
+    assert [entry.end_to_end_id for entry in inbox.due(10)] == [e2eid(2)]
+    # A Pix whose row was pruned is stored anew when it is delivered again.
+    assert inbox.append([delivery(1)]) == {e2eid(1)}
+
+
+def test_prune_works_through_many_batches(inbox: PostgresPixInbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    import infra.pix_inbox
+
+    monkeypatch.setattr(infra.pix_inbox, "PRUNE_BATCH_ROWS", 3)
+    inbox.append([delivery(*range(1, 11))])
+    inbox.finish([(e2eid(n), "credited", None) for n in range(1, 11)])
+    assert inbox.prune(datetime.now(UTC) + timedelta(seconds=1)) == (10, 0)
