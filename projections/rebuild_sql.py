@@ -283,9 +283,10 @@ def load_log(conn: Conn, log: NotificationLog, schema: str, upto: int, progress:
             cur.execute(_statement("INSERT INTO {s}.{transfers} {decode}", schema,
                                    decode=_decode_transfers(_statement("{s}.{log}", schema))))
             return
-        # One COPY each over the whole range: the log reads its table once, sequentially, shared among parallel
-        # workers. Binary COPY sends a message per record, so counting blocks counts records for the progress bar.
+        # One COPY each over the whole range, decoded by the log's parallel workers. Binary COPY sends a message
+        # per record, so counting blocks counts records for the progress bar.
         others = sql.SQL("SELECT * FROM {} l WHERE l.topic IS DISTINCT FROM {}").format
+        settings = _PARALLEL_DECODE_WHOLE if 2 * upto >= (log.max_notification_id() or 0) else _PARALLEL_DECODE
         done = 0
         for into, select in (
                 (_statement("COPY {s}.{transfers} FROM STDIN (FORMAT BINARY)", schema), _decode_transfers),
@@ -293,7 +294,7 @@ def load_log(conn: Conn, log: NotificationLog, schema: str, upto: int, progress:
                  lambda records: others(records, _TOPICS["transfer_committed"]))):
             with ExitStack() as stack:
                 copy = None
-                for block in copy_select(0, upto, select, _PARALLEL_DECODE):
+                for block in copy_select(0, upto, select, settings):
                     if copy is None:  # an empty range sends nothing, not even the binary header
                         copy = stack.enter_context(cur.copy(into))
                     copy.write(block)
@@ -303,12 +304,13 @@ def load_log(conn: Conn, log: NotificationLog, schema: str, upto: int, progress:
         progress("copy", upto, upto)
 
 
-#: Where the log decodes transfers: by parallel workers sharing one sequential read of the table, and without
-#: compiling a one-off query. The planner's defaults say otherwise for a query whose cost is the parsing: starting
-#: workers and passing rows on look dearer, and the index looks cheaper over a log written since its table's
-#: statistics were last gathered.
-_PARALLEL_DECODE: Final = {"parallel_setup_cost": "0", "parallel_tuple_cost": "0", "enable_indexscan": "off",
-                           "enable_bitmapscan": "off", "jit": "off"}
+#: Where the log decodes transfers: by parallel workers, and without compiling a one-off query. The planner's
+#: defaults say otherwise for a query whose cost is the parsing: starting workers and passing rows on look dearer.
+_PARALLEL_DECODE: Final = {"parallel_setup_cost": "0", "parallel_tuple_cost": "0", "jit": "off"}
+#: For most of the log, also one sequential read of its table shared among the workers: over a log written since its
+#: table's statistics were last gathered, the index looks cheaper and no parallel plan is chosen. A rebuild as of an
+#: early position keeps the index (reading the whole table for a small prefix would cost more).
+_PARALLEL_DECODE_WHOLE: Final = {**_PARALLEL_DECODE, "enable_indexscan": "off", "enable_bitmapscan": "off"}
 
 
 def _page_in(cur: Any, log: NotificationLog, schema: str, upto: int, progress: Stage) -> None:
