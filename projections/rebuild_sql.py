@@ -345,6 +345,12 @@ class PrimaryKey:
 PrimaryKeys = Mapping[str, PrimaryKey]
 
 
+#: The tables whose primary keys the "accounts, transfers and checks" step builds (in load order), and those
+#: ``finish`` builds; the entries' is a step of its own.
+_KEYED_IN_STEPS: Final = ("parties", "accounts", "transfers", "holds")
+_KEYED_IN_FINISH: Final = ("balances", "tracking")
+
+
 @dataclass(frozen=True)
 class Step:
     """Statements of step 3 that run in one transaction of their own, on whichever connection is free, once the
@@ -366,6 +372,9 @@ def steps(schema: str, keys: PrimaryKeys) -> list[Step]:
     What needs the entries and the rest together (the entries' primary key and foreign keys, the balances) is
     ``finish``.
     """
+    # Every primary key dropped before the load is built again by a step or by `finish`: a table added to the schema
+    # must be added here too.
+    assert set(keys) == {*_KEYED_IN_STEPS, "entries", *_KEYED_IN_FINISH}, f"primary keys of {sorted(keys)}"
     fragments = _fragments(schema)
 
     def run(*statements: sql.Composed) -> Callable[[Conn], None]:
@@ -375,7 +384,7 @@ def steps(schema: str, keys: PrimaryKeys) -> list[Step]:
         return execute
 
     def others(conn: Conn) -> None:
-        for name in ("parties", "accounts", "transfers", "holds"):
+        for name in _KEYED_IN_STEPS:
             conn.execute(_statement(_TABLE_SQL[name], schema, **fragments))
             conn.execute(keys[name].add(schema, name))
         _check(conn, schema)
@@ -451,7 +460,7 @@ def finish(conn: Conn, schema: str, keys: PrimaryKeys, progress: Stage) -> None:
         sql.Identifier(schema, "entries"), sql.Identifier(entries_key.name), sql.Identifier(entries_key.name)))
     progress("constraints/balances", 1, total)
     conn.execute(_statement(_TABLE_SQL["balances"], schema, **_fragments(schema)))
-    for name in ("balances", "tracking"):
+    for name in _KEYED_IN_FINISH:
         conn.execute(keys[name].add(schema, name))
     progress("constraints/foreign keys", 2, total)
     for name in ("entries", "balances"):
