@@ -55,6 +55,7 @@ _REASONS: Final[tuple[tuple[type[jwt.PyJWTError], str], ...]] = (
     (jwt.InvalidAudienceError, f"the token's audience is not {AUDIENCE}"),
     (jwt.InvalidIssuerError, f"the token's issuer is not {ISSUER}"),
     (jwt.InvalidSignatureError, "the token's signature is not valid"),
+    (jwt.InvalidIssuedAtError, "the token's iat is not a number"),
     (jwt.DecodeError, "the token is malformed"),
 )
 
