@@ -375,6 +375,9 @@ def steps(schema: str, keys: PrimaryKeys) -> list[Step]:
     # Every primary key dropped before the load is built again by a step or by `finish`: a table added to the schema
     # must be added here too.
     assert set(keys) == {*_KEYED_IN_STEPS, "entries", *_KEYED_IN_FINISH}, f"primary keys of {sorted(keys)}"
+    # And so is every foreign key and index of the schema (the steps below and `finish` name their tables).
+    assert set(schema_ddl.FOREIGN_KEYS) == {"accounts", "transfers", "holds", "entries", "balances"}
+    assert {table for table, _ in schema_ddl.INDEXES} == {"accounts", "holds", "entries", "transfers"}
     fragments = _fragments(schema)
 
     def run(*statements: sql.Composed) -> Callable[[Conn], None]:
