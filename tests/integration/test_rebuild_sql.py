@@ -350,6 +350,25 @@ def test_the_fields_the_set_based_check_requires_are_those_the_contract_reads(le
 # ---- built aside, then swapped in ------------------------------------------------------------------------------
 
 
+def test_a_rebuilt_schema_has_the_catalog_of_a_live_one(ledger: Ledger) -> None:
+    """Same constraints (primary keys, foreign keys, checks, not nulls) and indexes as the schema a projector creates:
+    the set-based rebuild drops and builds them again in its own order, on two connections."""
+    rebuild(ledger.read_dsn, ledger.log, "catalog_built")
+    catalog = """SELECT t.relname, c.contype, c.conname, pg_get_constraintdef(c.oid) FROM pg_constraint c
+                     JOIN pg_class t ON t.oid = c.conrelid WHERE c.connamespace = %(s)s::text::regnamespace
+                 UNION ALL SELECT tablename, 'i', indexname, indexdef FROM pg_indexes WHERE schemaname = %(s)s::text"""
+
+    def described(conn: psycopg.Connection[Any], schema: str) -> set[tuple[str, ...]]:
+        rows = conn.execute(catalog, {"s": schema}).fetchall()
+        return {tuple(str(v).replace(f"{schema}.", "S.") for v in row) for row in rows}
+
+    with psycopg.connect(ledger.read_dsn, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS catalog_live CASCADE")
+        create_schema(conn, "catalog_live")
+        live, built = described(conn, "catalog_live"), described(conn, "catalog_built")
+        assert len(live) > 20 and built == live, (sorted(live - built), sorted(built - live))
+
+
 def test_a_rebuild_killed_half_way_leaves_a_schema_the_next_rebuild_replaces(ledger: Ledger) -> None:
     leftover = building_schema("resumed")
     with psycopg.connect(ledger.read_dsn) as conn:  # what a rebuild killed during its steps leaves
