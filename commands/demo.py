@@ -5,9 +5,12 @@ operator opens the platform's accounts and onboards Ana and Bruno (investors) an
 are credited (and one is delivered twice, harmlessly); Ana pays Bruno herself and fails to peek at his wallet;
 a linked batch funds Carla's loan with its fee; one hold is posted partially and another voided; Carla's
 overdraft is refused; Ana deposits by PIX (a charge paid at the sandbox PSP, whose webhook credits her once the
-Pix is confirmed) and withdraws to a Pix key. Then every balance, read back through the API.
+Pix is confirmed) and withdraws to a Pix key. Then every balance, read back through the API; then the read side:
+Ana's balance and statement from the query API (relay → Kafka → projector) with read-your-writes, an auditor's
+trial balance, and a rebuild of the read models from the event store alone, verified against the live ones.
 
-`razao up` starts the API; the demo finds it through `<state_dir>/api.json` (or `--url`, or RAZAO_API_URL).
+`razao up` starts the API; the demo finds it through `<state_dir>/api.json` (or `--url`, or RAZAO_API_URL), and the
+query API through `<state_dir>/platform.json` (or `--query-url`).
 Tokens are minted with the development key, so the demo runs in development only.
 """
 
@@ -15,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import secrets
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -25,6 +30,7 @@ import httpx
 from commands.api.auth import mint_token, signing_key_for
 from commands.api.bootstrap import load_api_settings
 from commands.services import api_url
+from infra.platform import service_base_url
 from infra.sandbox_psp.services import profiles
 from ledger.pix_state import SETTLEMENT_ACCOUNT_ID
 
@@ -37,6 +43,7 @@ SETTLEMENT_ACCOUNT_ID_TEXT = str(SETTLEMENT_ACCOUNT_ID)
 def register_cli(subparsers: Any) -> None:
     parser = subparsers.add_parser("demo", help="run a short scripted scenario through the command API")
     parser.add_argument("--url", help="base URL of the command API (default: the one `razao up` started)")
+    parser.add_argument("--query-url", help="base URL of the query API (default: the one `razao up` started)")
     parser.set_defaults(func=run)
 
 
@@ -50,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         with httpx.Client(base_url=url, timeout=HTTP_TIMEOUT_S) as client:
-            Story(client, lambda role, sub: mint_token(key, sub, role, ttl_s=900)).tell()
+            Story(client, lambda role, sub: mint_token(key, sub, role, ttl_s=900),
+                  args.query_url or service_base_url(settings.state_dir, "query-api")).tell()
     except httpx.TransportError as exc:
         print(f"razao demo: the command API at {url} does not answer ({exc}); is `razao up` running?")
         return 1
@@ -78,9 +86,10 @@ def centavos(valor: str) -> int:
 
 
 class Story:
-    def __init__(self, client: httpx.Client, token: Callable[[str, str], str]) -> None:
+    def __init__(self, client: httpx.Client, token: Callable[[str, str], str], query_url: str | None = None) -> None:
         self.client = client
         self.token = token
+        self.query_url = query_url
         self.run_id = uuid.uuid4().hex[:8]
         self.keys = iter(f"demo-{self.run_id}-{n}" for n in range(1_000))
         self.names: dict[str, str] = {}
@@ -172,6 +181,9 @@ class Story:
         self.chapter("8. Balances, read back through the API")
         self.print_balances()
 
+        self.chapter("9. The read side: relay → Kafka → projector → query API, and an auditor's rebuild")
+        self.read_side(ana)
+
     def pix(self) -> None:
         """A deposit paid at the sandbox PSP and a withdrawal to a Pix key, when the API runs with PIX."""
         response = self.call("Ana", "POST", "/v1/deposits", {"valor": "500.00"}, key=next(self.keys),
@@ -209,6 +221,53 @@ class Story:
             if done is not None:
                 print(f"  {'':<8} ← {done['status']} at the {done['psp']} PSP (Pix {done['end_to_end_id']}): "
                       "the hold was posted")
+
+    def read_side(self, ana: str) -> None:
+        if self.query_url is None:
+            print("  (no query API recorded: `razao up` starts it with the relay and the projector)")
+            return
+        # The write side's position now: the query API answers only once its read models have reached it.
+        position = self.client.get(f"/v1/wallets/{ana}", headers=self.actors["Ana"]).json()["position"]
+        started = time.monotonic()
+        balance = self.query("Ana", f"/v1/accounts/{ana}/balance", {"min_position": position})
+        if balance is not None:
+            print(f"  {'':<8} ← posted R$ {balance['posted']}, available R$ {balance['available']}, the same as the "
+                  f"command API says, visible {1000 * (time.monotonic() - started):.0f} ms after asking for "
+                  f"position {position} (read-your-writes)")
+        statement = self.query("Ana", f"/v1/accounts/{ana}/statement", {"limit": 3})
+        for entry in (statement or {}).get("entries", []):
+            sign = "-" if entry["direction"] == "debit" else "+"
+            print(f"  {'':<8}   {entry['recorded_at'][11:19]}  {sign}R$ {entry['valor']:>8}  {entry['kind']:<13}"
+                  f"balance after R$ {entry['balance_after']['posted']}")
+        self.act_as("auditor", "auditor", f"demo-auditor-{self.run_id}")
+        trial = self.query("auditor", "/v1/audit/trial-balance", {"min_position": position})
+        if trial is not None:
+            totals = trial["totals"]
+            print(f"  {'':<8} ← Σ debits R$ {totals['debits_posted']} = Σ credits R$ {totals['credits_posted']} over "
+                  f"every account: balanced {str(trial['balanced']).lower()}")
+        for args, what in ((["rebuild", "--into", "demo_audit", "--no-progress"], "from the event store, not Kafka"),
+                           (["verify", "--schema", "demo_audit"], "against the live read models")):
+            print(f"  auditor  razao projections {' '.join(a for a in args if a != '--no-progress')}   ({what})")
+            done = subprocess.run([sys.executable, "-m", "infra.cli", "projections", *args], capture_output=True,
+                                  text=True, check=False)
+            lines = (done.stdout or done.stderr).strip().splitlines() or [f"exit {done.returncode}"]
+            for line in dict.fromkeys((lines[0], lines[-1])):  # what it did, and its verdict
+                print(f"  {'':<8} ← {line.strip()}")
+
+    def query(self, who: str, path: str, params: dict[str, Any]) -> dict[str, Any] | None:
+        query = "&".join(f"{name}={value}" for name, value in params.items())
+        print(f"  {who:<8} GET {self.query_url}{self._short(path)}?{query}")
+        try:
+            response = httpx.get(f"{self.query_url}{path}", params=params, headers=self.actors[who],
+                                 timeout=HTTP_TIMEOUT_S)
+        except httpx.TransportError as exc:
+            print(f"  {'':<8} (the query API does not answer: {exc})")
+            return None
+        body: dict[str, Any] = response.json()
+        if not response.is_success:
+            print(f"  {'':<8} ← {response.status_code}: {body.get('code')}: {body.get('detail')}")
+            return None
+        return body
 
     def await_webhook_registration(self, admin_url: str) -> None:
         """`razao up` starts the PSPs after the API, which registers its webhook once they answer; a Pix paid

@@ -132,6 +132,13 @@ def _start_service(spec: ServiceSpec, settings: Settings) -> dict[str, Any]:
     return {"process": process.to_json(), "address": spec.address, "log": str(log)}
 
 
+def service_base_url(state_dir: Path, name: str) -> str | None:
+    """``http://host:port`` of a service `razao up` started (from its recorded health address), or None."""
+    address = str(_load_services(state_dir).get(name, {}).get("address") or "")
+    scheme, _, rest = address.partition("://")
+    return f"{scheme}://{rest.partition('/')[0]}" if scheme.startswith("http") and rest else None
+
+
 def _load_services(state_dir: Path) -> dict[str, dict[str, Any]]:
     services: dict[str, dict[str, Any]] = read_json(state_dir / PLATFORM_FILE).get("services", {})
     return services

@@ -319,3 +319,13 @@ def test_rate_limits_answer_429_with_retry_after(platform: Platform, ana: dict[s
         assert limited.json()["code"] == "QUERY_RATE_LIMITED"
     finally:
         side.stop_all()
+
+
+def test_the_demo_reads_its_writes_back_through_the_query_api_and_rebuilds(platform: Platform, razao: Any) -> None:
+    env = {**platform.side.env(), "RAZAO_STATE_DIR": str(platform.api.state_dir), "RAZAO_ENV": "development"}
+    env.pop("RAZAO_JWT_PUBLIC_KEY_FILE", None)
+    output = razao("demo", "--url", platform.api.url, "--query-url", platform.query_url, env=env).stdout
+    read_side = output[output.index("9. The read side"):]
+    assert "posted R$ 699.50, available R$ 699.50, the same as the command API says" in read_side  # Ana's wallet
+    assert "(read-your-writes)" in read_side and "balanced true" in read_side
+    assert "rebuilt demo_audit:" in read_side and "read models VERIFIED" in read_side
