@@ -12,16 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import CollectorRegistry, Counter
 
-from infra.bearer_tokens import (
-    AUDIENCE,
-    ISSUER,
-    TokenRejected,
-    VerifiedTokens,
-    bearer_token,
-    decode_claims,
-    subject_and_role,
-    token_algorithm,
-)
+from infra import bearer_tokens as tokens
 from infra.processes import free_port
 from infra.status_server import serve_status
 
@@ -31,51 +22,51 @@ PARTY = "7d1f9a52-3c1e-4f7b-9a0e-2b6c8d4e1f30"
 
 def token(**claims: object) -> str:
     now = int(time.time())
-    base = {"sub": PARTY, "role": "investor", "aud": AUDIENCE, "iss": ISSUER, "iat": now, "exp": now + 60}
+    base = {"sub": PARTY, "role": "investor", "aud": tokens.AUDIENCE, "iss": tokens.ISSUER, "iat": now, "exp": now + 60}
     return jwt.encode({**base, **claims}, KEY, algorithm="EdDSA")
 
 
 def test_a_good_token_decodes_and_each_bad_one_says_why() -> None:
-    claims = decode_claims(token(), KEY.public_key(), "EdDSA", leeway_s=5)
-    assert subject_and_role(claims) == (PARTY, "investor")
+    claims = tokens.decode_claims(token(), KEY.public_key(), "EdDSA", leeway_s=5)
+    assert tokens.subject_and_role(claims) == (PARTY, "investor")
     now = int(time.time())
     for bad, reason in (({"exp": now - 60}, "expired"), ({"aud": "elsewhere"}, "audience"),
                         ({"iss": "mallory"}, "issuer"), ({"nbf": now + 600}, "not valid yet"),
                         ({"iat": "yesterday"}, "iat")):
-        with pytest.raises(TokenRejected, match=reason):
-            decode_claims(token(**bad), KEY.public_key(), "EdDSA", leeway_s=5)
+        with pytest.raises(tokens.TokenRejected, match=reason):
+            tokens.decode_claims(token(**bad), KEY.public_key(), "EdDSA", leeway_s=5)
     unsigned = jwt.encode({"sub": PARTY}, KEY, algorithm="EdDSA")
-    with pytest.raises(TokenRejected, match="lacks the 'role' claim"):
-        decode_claims(unsigned, KEY.public_key(), "EdDSA", leeway_s=5)
-    with pytest.raises(TokenRejected, match="signature"):
-        decode_claims(token(), Ed25519PrivateKey.generate().public_key(), "EdDSA", leeway_s=5)
+    with pytest.raises(tokens.TokenRejected, match="lacks the 'role' claim"):
+        tokens.decode_claims(unsigned, KEY.public_key(), "EdDSA", leeway_s=5)
+    with pytest.raises(tokens.TokenRejected, match="signature"):
+        tokens.decode_claims(token(), Ed25519PrivateKey.generate().public_key(), "EdDSA", leeway_s=5)
 
 
 def test_the_algorithm_is_read_before_verifying_and_customers_are_party_ids() -> None:
-    assert token_algorithm(token(), 4096) == "EdDSA"
+    assert tokens.token_algorithm(token(), 4096) == "EdDSA"
     for malformed in ("", "not.a.jwt", "é" * 10, "x" * 5000):
-        with pytest.raises(TokenRejected, match="malformed"):
-            token_algorithm(malformed, 4096)
-    with pytest.raises(TokenRejected, match="party id"):
-        subject_and_role({"sub": PARTY.upper(), "role": "borrower"})
-    assert subject_and_role({"sub": "ops-1", "role": "operator"}) == ("ops-1", "operator")
-    with pytest.raises(TokenRejected, match="strings"):
-        subject_and_role({"sub": 7, "role": "operator"})
-    assert bearer_token("Bearer  abc ") == "abc"
+        with pytest.raises(tokens.TokenRejected, match="malformed"):
+            tokens.token_algorithm(malformed, 4096)
+    with pytest.raises(tokens.TokenRejected, match="party id"):
+        tokens.subject_and_role({"sub": PARTY.upper(), "role": "borrower"})
+    assert tokens.subject_and_role({"sub": "ops-1", "role": "operator"}) == ("ops-1", "operator")
+    with pytest.raises(tokens.TokenRejected, match="strings"):
+        tokens.subject_and_role({"sub": 7, "role": "operator"})
+    assert tokens.bearer_token("Bearer  abc ") == "abc"
     for header in (None, "", "Basic abc", "Bearer "):
-        with pytest.raises(TokenRejected):
-            bearer_token(header)
+        with pytest.raises(tokens.TokenRejected):
+            tokens.bearer_token(header)
 
 
 def test_verified_tokens_are_kept_until_they_expire_least_recently_used_out() -> None:
-    cache: VerifiedTokens[str] = VerifiedTokens(entries_max=2, leeway_s=5)
+    cache: tokens.VerifiedTokens[str] = tokens.VerifiedTokens(entries_max=2, leeway_s=5)
     cache.put("a", "alice", exp=100.0)
     cache.put("b", "bob", exp=100.0)
     assert cache.get("a", now=50.0) == "alice"  # "b" is now the least recently used
     cache.put("c", "carol", exp=100.0)
     assert len(cache) == 2 and cache.get("b", now=50.0) is None and cache.get("c", now=50.0) == "carol"
     assert cache.get("a", now=104.0) == "alice"  # within the leeway
-    with pytest.raises(TokenRejected, match="expired"):
+    with pytest.raises(tokens.TokenRejected, match="expired"):
         cache.get("a", now=105.0)
     assert cache.get("a", now=50.0) is None  # forgotten once expired
     assert (cache.hits, cache.misses) == (3, 2)
