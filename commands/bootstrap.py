@@ -30,13 +30,12 @@ class LedgerRuntime:
 
 
 def open_ledger_app(dsn: str, *, pool_size: int = 4) -> LedgerApplication:
-    """The ledger application on the Postgres at ``dsn`` (created if missing), for reading or for a writer.
+    """The ledger application in the existing database at ``dsn``, for reading or for a writer.
 
     Opening it creates its tables and functions if needed (``CREATE ... IF NOT EXISTS``, ``CREATE OR REPLACE``),
     which Postgres does not serialise: processes opening the ledger at the same moment (the API and the relay under
     ``razao up``) take turns under the schema set-up lock, or one of them fails with "tuple concurrently updated".
     """
-    ensure_database(dsn)
     with schema_setup(dsn):
         return LedgerApplication(env={**postgres_env(dsn, pool_size=pool_size), **ledger_env()})
 

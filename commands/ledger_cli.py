@@ -8,11 +8,14 @@ compare one hash instead of the whole log.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import Any
 
+import psycopg
+
 from commands.bootstrap import open_ledger_app
-from infra.settings import load_settings
+from infra.settings import database_name, load_settings
 
 
 def register_cli(subparsers: Any) -> None:
@@ -25,7 +28,12 @@ def register_cli(subparsers: Any) -> None:
 
 def run_verify(args: argparse.Namespace) -> int:
     dsn = args.dsn or load_settings().pg_dsn
-    app = open_ledger_app(dsn, pool_size=1)
+    try:
+        app = open_ledger_app(dsn, pool_size=1)
+    except psycopg.OperationalError as exc:  # no server, no such database: nothing to verify (and none is created)
+        print(f"razao: error: cannot open the ledger at {database_name(dsn)!r}: {str(exc).strip().splitlines()[-1]}",
+              file=sys.stderr)
+        return 2
     started = time.perf_counter()
     try:
         state = app.load_state(use_checkpoint=False)

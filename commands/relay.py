@@ -47,7 +47,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from commands.bootstrap import build_ledger, open_ledger_app
 from infra.platform import ServiceSpec
 from infra.processes import free_port, port_is_free
-from infra.settings import Settings, load_settings
+from infra.settings import Settings, ensure_database, load_settings
 from infra.status_server import serve_status
 from ledger.application import LedgerApplication
 from ledger.chart import REQUIRED_FLAGS, AccountCode
@@ -418,6 +418,7 @@ def serve_metrics(relay: Relay, port: int) -> ThreadingHTTPServer:
 
 
 def relay_app(dsn: str) -> LedgerApplication:
+    ensure_database(dsn)
     return open_ledger_app(dsn, pool_size=2)
 
 

@@ -400,3 +400,14 @@ def test_processes_opening_the_ledger_together_all_succeed(fresh_database: str) 
         assert [n.originator_id for n in runtime.app.recorder.select_notifications(opened.position, 1)] == [account]
     finally:
         runtime.close()
+
+
+def test_ledger_verify_of_a_database_that_does_not_exist_says_so_and_creates_nothing(
+        razao: Any, fresh_database: str) -> None:
+    missing = fresh_database.rsplit("/", 1)[0] + f"/razao_missing_{uuid.uuid4().hex[:8]}"
+    refused = razao("ledger", "verify", "--dsn", missing, check=False)
+    assert refused.returncode == 2 and "razao: error: cannot open the ledger at" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        name = missing.rsplit("/", 1)[1]
+        assert conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None
