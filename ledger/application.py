@@ -7,7 +7,6 @@ single writer); this class is the store it writes to and reads back from.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -30,6 +29,7 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.utils import get_topic
 
+from ledger.canonical import stored_text
 from ledger.events import LedgerCheckpoint, LedgerEvent, PendingTransferResolved, TransferCommitted
 from ledger.limits import REBUILD_PAGE_EVENTS_MAX
 from ledger.model import Account, LedgerState, PendingTransfer
@@ -48,9 +48,9 @@ class LedgerMapper(Mapper[UUID]):
 
     The library's JSON transcoder calls back into Python for every UUID and datetime it meets (four or five per
     transfer, on the writer's hot path). Here those values are wrapped first, exactly as its transcodings would
-    (``{"_type_": "uuid_hex", ...}``, ``{"_type_": "datetime_iso", ...}``), and the state is encoded by a plain
-    encoder with the transcoder's settings. Anything else (a nested UUID, another type, a compressor or cipher)
-    takes the library's path. A test checks both paths give identical bytes for every event type.
+    (``{"_type_": "uuid_hex", ...}``, ``{"_type_": "datetime_iso", ...}``), and the state is encoded with the
+    transcoder's settings (``ledger.canonical.stored_text``). Anything else (a nested UUID, another type, a
+    compressor or cipher) takes the library's path. A test checks both paths give identical bytes for every event type.
     """
 
     def __init__(self, transcoder: Transcoder, compressor: Compressor | None = None,
@@ -61,8 +61,6 @@ class LedgerMapper(Mapper[UUID]):
             and isinstance(transcoder.types.get(UUID), UUIDAsHex)
             and isinstance(transcoder.types.get(datetime), DatetimeAsISO)
         )
-        # The transcoder's encoder settings, without its fallback: an unexpected type raises TypeError.
-        self._encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
     def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
         if not self.fast or not isinstance(domain_event, LedgerEvent):
@@ -81,11 +79,11 @@ class LedgerMapper(Mapper[UUID]):
             elif kind is datetime:
                 state[key] = {"_type_": "datetime_iso", "_data_": value.isoformat()}
         try:
-            text = self._encode(state)
+            text = stored_text(state)
         except TypeError:
             return super().to_stored_event(domain_event)
         return StoredEvent(originator_id=originator_id, originator_version=originator_version, topic=get_topic(cls),
-                           state=text.encode("utf8"))
+                           state=text)
 
 
 class LedgerApplication(Application[UUID]):

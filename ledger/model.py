@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import json
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -22,6 +21,7 @@ from typing import Any, Literal
 from uuid import UUID
 
 from ledger import errors
+from ledger.canonical import chain_text
 from ledger.chart import REQUIRED_FLAGS, AccountCode, AccountFlags
 from ledger.events import (
     EVENT_TYPES,
@@ -270,19 +270,13 @@ def result_of(entry: _IndexedTransfer, replayed: bool, position: int | None = No
     )
 
 
-#: The chain's canonical JSON: sorted keys, no spaces, ASCII, anything else as ``str()``. Built once (``json.dumps``
-#: with options builds a new encoder per call); the output is exactly ``json.dumps`` with the same options.
-_CHAIN_ENCODE = json.JSONEncoder(sort_keys=True, default=str, separators=(",", ":")).encode
-
-
 def chain_next(previous_hash: str, event_type: str, originator_id: UUID, version: int, body: dict[str, Any]) -> str:
     """The hash of an event in the chain: SHA-256 over the previous hash and the event's canonical JSON."""
     # A field added in a later class version is left out while None (the upcast of an older event), so events
     # written before it existed keep their hash. Every other field is always hashed.
     added = EVENT_TYPES[event_type].chain_fields_added
     present = {k: v for k, v in body.items() if v is not None or k not in added} if added else body
-    canonical = _CHAIN_ENCODE([previous_hash, event_type, str(originator_id), version, present])
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return hashlib.sha256(chain_text(previous_hash, event_type, originator_id, version, present)).hexdigest()
 
 
 def chain_hash_of(previous_hash: str, event: LedgerEvent) -> str:
