@@ -72,12 +72,6 @@ class LedgerMapper(Mapper[UUID]):
         class_version = getattr(cls, "class_version", 1)
         if class_version > 1:
             state["class_version"] = class_version
-        for key, value in state.items():  # replaces values only: the dict keeps its size and order
-            kind = type(value)
-            if kind is UUID:
-                state[key] = {"_type_": "uuid_hex", "_data_": value.hex}
-            elif kind is datetime:
-                state[key] = {"_type_": "datetime_iso", "_data_": value.isoformat()}
         try:
             text = stored_text(state)
         except TypeError:

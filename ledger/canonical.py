@@ -57,19 +57,20 @@ def chain_text(previous_hash: str, event_type: str, originator_id: UUID, version
 
 
 def stored_text(state: dict[str, Any]) -> bytes:
-    """The event's stored state, ``state`` already holding the transcoder's wrappings of UUIDs and datetimes
-    (plain dicts of str). Raises ``TypeError`` for a value the transcoder would have to transcode."""
-    for value in state.values():
+    """An event's stored state as the library's JSON transcoder writes it: each top-level UUID and datetime
+    wrapped (``{"_type_": "uuid_hex", ...}``, ``{"_type_": "datetime_iso", ...}``, in place: ``state`` must be
+    the caller's own copy), compact, UTF-8. Raises ``TypeError`` for any value the transcoder would transcode
+    otherwise (a nested UUID, another type): the caller then takes the library's own path."""
+    plain = True
+    for key, value in state.items():  # replaces values only: the dict keeps its size and order
         kind = type(value)
-        if kind in _PLAIN:
-            continue
-        if kind is dict:
-            if all(type(x) in _PLAIN for x in value.values()):
-                continue
-        elif kind is list and all(type(x) is int for x in value):
-            continue
-        break  # a value orjson might encode differently: the standard encoder decides
-    else:
+        if kind is UUID:
+            state[key] = {"_type_": "uuid_hex", "_data_": value.hex}
+        elif kind is datetime:
+            state[key] = {"_type_": "datetime_iso", "_data_": value.isoformat()}
+        elif kind not in _PLAIN and not (kind is list and all(type(x) is int for x in value)):
+            plain = False  # e.g. a dict or a float: the standard encoder decides, or refuses
+    if plain:
         try:
             return orjson.dumps(state)
         except orjson.JSONEncodeError:  # e.g. an int beyond 64 bits, a lone surrogate

@@ -22,23 +22,28 @@ def _chain_reference(previous: str, event_type: str, originator_id: uuid.UUID, v
     return text.encode("ascii")
 
 
+def _wrap(value: Any) -> Any:
+    if type(value) is uuid.UUID:
+        return {"_type_": "uuid_hex", "_data_": value.hex}
+    if type(value) is datetime:
+        return {"_type_": "datetime_iso", "_data_": value.isoformat()}
+    return value
+
+
 def _stored_reference(state: dict[str, Any]) -> bytes:
-    return json.dumps(state, separators=(",", ":"), ensure_ascii=False).encode("utf8")
+    """What the library's transcoder writes for an event's state of these value types."""
+    wrapped = {k: _wrap(v) for k, v in state.items()}
+    return json.dumps(wrapped, separators=(",", ":"), ensure_ascii=False).encode("utf8")
 
 
 _datetimes = st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=-3))])) | st.datetimes()
 _ints = st.integers() | st.integers(min_value=-(2**63), max_value=2**64)
 _scalars = st.text() | _ints | st.none() | st.booleans()
-_chain_values = _scalars | st.uuids() | _datetimes | st.lists(_ints, max_size=4)
-# What the mapper hands over: scalars, balances, and the transcoder's wrappings of UUIDs and datetimes.
-_wrapped = st.uuids().map(lambda u: {"_type_": "uuid_hex", "_data_": u.hex}) | _datetimes.map(
-    lambda d: {"_type_": "datetime_iso", "_data_": d.isoformat()}
-)
-_stored_values = _scalars | st.lists(_ints, max_size=4) | _wrapped
+_values = _scalars | st.uuids() | _datetimes | st.lists(_ints, max_size=4)
 _keys = st.text(min_size=1, max_size=12)
 
 
-@given(body=st.dictionaries(_keys, _chain_values, max_size=8), previous=st.text(max_size=70),
+@given(body=st.dictionaries(_keys, _values, max_size=8), previous=st.text(max_size=70),
        version=_ints, originator=st.uuids())
 def test_chain_text_is_the_standard_encoders(body: dict[str, Any], previous: str, version: int,
                                              originator: uuid.UUID) -> None:
@@ -47,9 +52,9 @@ def test_chain_text_is_the_standard_encoders(body: dict[str, Any], previous: str
     )
 
 
-@given(state=st.dictionaries(_keys, _stored_values, max_size=8))
+@given(state=st.dictionaries(_keys, _values, max_size=8))
 def test_stored_text_is_the_standard_encoders(state: dict[str, Any]) -> None:
-    assert stored_text(state) == _stored_reference(state)
+    assert stored_text(dict(state)) == _stored_reference(state)
 
 
 @pytest.mark.parametrize("odd", [[uuid.uuid4()], ("a", 1), 1.5, {"k": uuid.uuid4()}, {1: "v"}])
@@ -61,9 +66,9 @@ def test_a_value_outside_the_plain_types_is_left_to_the_standard_encoder(odd: An
         expected = _stored_reference(state)
     except TypeError:
         with pytest.raises(TypeError):
-            stored_text(state)
+            stored_text(dict(state))
     else:
-        assert stored_text(state) == expected
+        assert stored_text(dict(state)) == expected
 
 
 def test_a_transfers_texts_do_not_fall_back(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -79,6 +84,6 @@ def test_a_transfers_texts_do_not_fall_back(monkeypatch: pytest.MonkeyPatch) -> 
             "amount_centavos": 1_000, "pending_id": None, "debit_after": [0, 1_000, 0, 5_000], "reference": "",
             "linked": False}
     assert chain_text("ab" * 32, "TransferCommitted", account, 1, body).startswith(b'["abab')
-    state = {"timestamp": {"_type_": "datetime_iso", "_data_": now.isoformat()}, "key": "pedido:42",
-             "reference": "ação ✓", "debit_after": [0, 1_000, 0, 5_000]}
+    state = {"timestamp": now, "key": "pedido:42", "reference": "ação ✓", "debit_after": [0, 1_000, 0, 5_000],
+             "debit_account_id": account}
     assert stored_text(state).startswith(b'{"timestamp":{"_type_":"datetime_iso"')
