@@ -38,7 +38,6 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -60,6 +59,7 @@ from ledger import errors
 from ledger.chart import REQUIRED_FLAGS, AccountCode, AccountFlags
 from ledger.limits import COMMAND_TIMEOUT_S_MAX, GROUP_COMMIT_COMMANDS_MAX, GROUP_COMMIT_WAIT_MS_MAX
 from ledger.model import CreateTransfer, OpenAccount
+from ledger.reply import Reply
 
 JSON_SCHEMA = "razao.bench.ledger/1"
 
@@ -393,11 +393,11 @@ class LedgerTarget:
             return errors.LedgerUnavailable.code
         return None
 
-    def submit(self, prepared: CreateTransfer) -> Future[Any]:
+    def submit(self, prepared: CreateTransfer) -> Reply[Any]:
         return self.writer.submit(prepared)
 
 
-def _code_of(future: Future[Any]) -> str | None:
+def _code_of(future: Reply[Any]) -> str | None:
     exc = future.exception()
     if exc is None:
         return None
@@ -413,7 +413,7 @@ def drive_inflight(target: LedgerTarget, window: int, run_s: float, workload: Wo
     records: list[Record] = []
     slots: SimpleQueue[None] = SimpleQueue()
 
-    def done(submitted: int, future: Future[Any]) -> None:
+    def done(submitted: int, future: Reply[Any]) -> None:
         records.append((submitted, time.perf_counter_ns(), _code_of(future)))
         slots.put(None)
 
@@ -445,12 +445,12 @@ def drive_open(target: LedgerTarget, rate_per_s: float, run_s: float, workload: 
     measured latency rather than lowering the offered rate.
     """
     records: list[Record] = []
-    # Futures are not kept: an API does not keep them either, and 50k live futures (each a condition, a lock and a
-    # callback list) would make every full garbage collection of this process scan them while it is measured.
+    # Replies are not kept: an API does not keep them either, and 50k live replies (each two locks and a callback
+    # list) would make every full garbage collection of this process scan them while it is measured.
     all_answered = threading.Event()
     sent = [0, False]  # transfers submitted; True once the schedule has ended
 
-    def done(scheduled: int, future: Future[Any]) -> None:
+    def done(scheduled: int, future: Reply[Any]) -> None:
         records.append((scheduled, time.perf_counter_ns(), _code_of(future)))
         if sent[1] and len(records) == sent[0]:
             all_answered.set()

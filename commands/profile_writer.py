@@ -16,12 +16,12 @@ import random
 import time
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import Future
 
 from commands.bench import setup_ledger
 from commands.bootstrap import build_ledger
 from infra.settings import drop_database, load_settings, with_database
 from ledger.model import CreateTransfer
+from ledger.reply import Reply
 from ledger.writer import _Submission
 
 WALLETS = 10_000
@@ -35,7 +35,7 @@ def _batches(wallet_ids: Sequence[uuid.UUID], count: int, size: int, seed: int) 
         for i in range(size):
             debit, credit = rng.sample(wallet_ids, 2)
             batch.append(_Submission(CreateTransfer(f"profile:{b}:{i}", debit, credit, rng.randint(1, 10_000)),
-                                     Future()))
+                                     Reply()))
         batches.append(batch)
     return batches
 

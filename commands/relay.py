@@ -32,7 +32,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import ThreadingHTTPServer
@@ -53,6 +52,7 @@ from ledger.application import LedgerApplication
 from ledger.chart import REQUIRED_FLAGS, AccountCode
 from ledger.contracts import GENESIS_CHAIN_HASH, LEDGER_TOPIC, ContractError, LogDecoder
 from ledger.model import CreateTransfer, OpenAccount
+from ledger.reply import Reply
 
 log = logging.getLogger("razao.relay")
 
@@ -269,7 +269,7 @@ class Relay:
         events = [decoder.decode(r) for r in records]
         self.metrics.lag_seconds.set(max(0.0, (datetime.now(UTC) - events[0].recorded_at).total_seconds()))
         producer = self._producer_now()
-        futures: list[Future[Any]] = [
+        futures: list[Reply[Any]] = [
             producer.send(self.topic, key=e.key.encode(), value=e.to_json(), partition=0) for e in events
         ]
         producer.flush(timeout=RELAY_ACK_TIMEOUT_S)
@@ -557,7 +557,7 @@ def drive_load(dsn: str, *, rate_per_s: float, seconds: float, count: int, walle
         done: list[dict[str, Any]] = []
         lock = threading.Lock()
 
-        def committed(future: Future[Any], n: int) -> None:
+        def committed(future: Reply[Any], n: int) -> None:
             now_ns = time.monotonic_ns()
             if future.exception() is None and n % print_every == 0:
                 result = future.result()

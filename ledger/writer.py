@@ -1,9 +1,9 @@
 """The single ledger writer: group commit over an in-memory state (DESIGN §3, the TigerBeetle shape).
 
-Callers on any thread ``submit`` commands and wait on a future. One writer thread takes the commands that
-arrived within a bounded time and count, decides each against the in-memory state (a refused command is rolled
-back alone and never fails its batch-mates), and saves every resulting event in one transaction. Futures are
-resolved only after that transaction committed, so an acknowledged command is durable.
+Callers on any thread ``submit`` commands and wait on a ``Reply`` (a lean ``Future``). One writer thread takes
+the commands that arrived within a bounded time and count, decides each against the in-memory state (a refused
+command is rolled back alone and never fails its batch-mates), and saves every resulting event in one
+transaction. Replies are resolved only after that transaction committed, so an acknowledged command is durable.
 
 If a save fails, its outcome is unknown (the commit may have happened before the connection broke), so the
 writer does not guess: every command of the batch gets ``LedgerUnavailable`` (safe to retry with the same key)
@@ -18,7 +18,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -59,6 +58,7 @@ from ledger.pix_flows import read as read_pix
 from ledger.pix_flows import replay as replay_pix
 from ledger.pix_flows import with_position as pix_with_position
 from ledger.ports import TransferLookup, WriterLease
+from ledger.reply import Reply
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ _LEDGER_COMMANDS = (OpenAccount, CloseAccount, CreateTransfer, CreateLinkedTrans
 @dataclass(slots=True)
 class _Submission:
     command: WriterCommand
-    future: Future[Any]
+    future: Reply[Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,9 +212,9 @@ class LedgerWriter:
         return WriterStats(batches, commands, events, self._state.position if self._state else 0)
 
     # ---- the calls ------------------------------------------------------------------------------------------
-    def submit(self, command: WriterCommand) -> Future[Any]:
-        """Queues a command; the future gets its result or its ``LedgerError`` once its batch committed."""
-        future: Future[Any] = Future()
+    def submit(self, command: WriterCommand) -> Reply[Any]:
+        """Queues a command; the reply gets its result or its ``LedgerError`` once its batch committed."""
+        future: Reply[Any] = Reply()
         if self.fatal is not None or self._thread is None:
             future.set_exception(errors.LedgerUnavailable("the ledger writer is not running"))
             return future

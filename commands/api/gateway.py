@@ -4,15 +4,13 @@
 future that the writer thread resolves (through ``call_soon_threadsafe``) once the command's group-commit
 batch is durable. Thousands of requests awaiting at once therefore land in the same batches (ADR 0004).
 
-The writer's ``concurrent.futures.Future`` is never cancelled from here: ``asyncio.wrap_future`` would cancel
-it when the request task is cancelled (a timeout, a shutdown), and the writer resolving a cancelled future
-raises ``InvalidStateError`` in the writer thread. So the bridge copies the outcome one way only.
+The writer's ``Reply`` is never cancelled from here: a request task cancelled by a timeout or a shutdown only
+stops waiting, and a command the writer already took is still decided. The bridge copies the outcome one way only.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 from typing import Any
 from uuid import UUID
 
@@ -20,10 +18,11 @@ from commands.api.limits import LEDGER_WAIT_S_MAX, READINESS_TIMEOUT_S
 from ledger import errors
 from ledger.model import Account
 from ledger.parties import Party
+from ledger.reply import Reply
 from ledger.writer import LedgerWriter, ReadAccounts, ReadParties, WriterCommand
 
 
-def _settle(waiter: asyncio.Future[Any], done: concurrent.futures.Future[Any]) -> None:
+def _settle(waiter: asyncio.Future[Any], done: Reply[Any]) -> None:
     if waiter.done():  # the request gave up waiting (timeout or cancellation); the outcome is dropped
         return
     exc = done.exception()
