@@ -62,9 +62,16 @@ _DEBITS_MUST_NOT_EXCEED_CREDITS = int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDIT
 _CREDITS_MUST_NOT_EXCEED_DEBITS = int(AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS)
 
 
+_NAMESPACE_BYTES = TRANSFER_ID_NAMESPACE.bytes
+_V5_CLEAR = ~((0xC000 << 48) | (0xF000 << 64))  # the variant and version bits
+_V5_SET = (0x8000 << 48) | (5 << 76)  # RFC 4122 variant, version 5
+
+
 def transfer_id_for_key(key: str) -> UUID:
-    """The transfer id a key maps to (UUIDv5); stable across processes and restarts."""
-    return uuid.uuid5(TRANSFER_ID_NAMESPACE, key)
+    """The transfer id a key maps to: ``uuid.uuid5(TRANSFER_ID_NAMESPACE, key)``, stable across processes and
+    restarts. Built from the integer, which skips a third of ``uuid5``'s work (every command pays it)."""
+    digest = hashlib.sha1(_NAMESPACE_BYTES + key.encode("utf-8"), usedforsecurity=False).digest()
+    return UUID(int=(int.from_bytes(digest[:16]) & _V5_CLEAR) | _V5_SET)
 
 
 # --------------------------------------------------------------------------------------------------------------

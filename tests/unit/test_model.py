@@ -12,6 +12,8 @@ from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ledger import errors
 from ledger.chart import REQUIRED_FLAGS, AccountCode, AccountFlags
@@ -34,6 +36,7 @@ from ledger.limits import (
 )
 from ledger.model import (
     GENESIS_CHAIN_HASH,
+    TRANSFER_ID_NAMESPACE,
     AccountResult,
     CloseAccount,
     CreateLinkedTransfers,
@@ -697,3 +700,8 @@ def test_payload_hash_covers_everything_but_the_key(funded: tuple[Book, UUID, UU
     for change in ({"amount_centavos": 101}, {"reference": "x"}, {"code": 2}, {"kind": "pending"},
                    {"timeout_s": 1}, {"ledger": 840}, {"debit_account_id": poor}):
         assert dataclasses.replace(base, **change).payload_hash() != base.payload_hash()  # type: ignore[arg-type]
+
+
+@given(key=st.text(max_size=300))
+def test_transfer_id_for_key_is_uuid5_of_the_key(key: str) -> None:
+    assert transfer_id_for_key(key) == uuid.uuid5(TRANSFER_ID_NAMESPACE, key)
