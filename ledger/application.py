@@ -22,7 +22,6 @@ from eventsourcing.persistence import (
     JSONTranscoder,
     Mapper,
     Notification,
-    Recording,
     StoredEvent,
     Transcoder,
     UUIDAsHex,
@@ -90,14 +89,18 @@ class LedgerApplication(Application[UUID]):
     def construct_mapper(self) -> Mapper[UUID]:
         return self.factory.mapper(transcoder=self.construct_transcoder(), mapper_class=LedgerMapper)
 
-    def append(self, events: Sequence[LedgerEvent], **kwargs: Any) -> list[Recording[UUID]]:
-        """Stores ``events`` in one transaction of the event store and returns their recordings (log positions).
+    def append(self, events: Sequence[LedgerEvent], **kwargs: Any) -> list[int]:
+        """Stores ``events`` in one transaction of the event store and returns their log positions, in order.
 
-        What ``Application.save`` does for events, minus what the ledger does not use and pays for per event on
-        the writer's hot path: its runtime protocol checks, aggregate snapshots and process-notification hooks.
-        ``kwargs`` reach the recorder (the writer passes its fencing epoch).
+        What ``Application.save`` and ``EventStore.put`` do for events (the mapper, then the recorder), minus what
+        the ledger does not use and pays for per event on the writer's hot path: the runtime protocol checks,
+        aggregate snapshots, process-notification hooks, and a ``Recording`` and a ``Notification`` object per
+        event. ``kwargs`` reach the recorder (the writer passes its fencing epoch).
         """
-        return self.events.put(events, **kwargs)
+        stored = list(map(self.mapper.to_stored_event, events))
+        positions = self.recorder.insert_events(stored, **kwargs)
+        assert positions is not None and len(positions) == len(stored), "the recorder returned no log positions"
+        return list(positions)
 
     def iter_log(self, after: int = 0, upto: int | None = None) -> Iterator[tuple[Notification, LedgerEvent]]:
         """Yields ``(notification, event)`` in log order after ``after`` (exclusive), up to ``upto``."""

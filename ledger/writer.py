@@ -391,7 +391,7 @@ class LedgerWriter:
         positions: dict[UUID, int] = {}
         if events:
             try:
-                recordings = self.app.append(events, writer_epoch=self._epoch)
+                log_positions = self.app.append(events, writer_epoch=self._epoch)
             except errors.WriterFenced:
                 # Another writer owns the ledger now: this one must never write again.
                 for submission, _ in done:
@@ -406,12 +406,11 @@ class LedgerWriter:
                     submission.future.set_exception(unavailable)
                 self._reload()
                 return
-            for recording in recordings:
-                position = recording.notification.id
-                if recording.domain_event.originator_version == 1:
-                    positions[recording.domain_event.originator_id] = position
-                    state.set_position(recording.domain_event.originator_id, position)
-                state.position = max(state.position, position)
+            for event, position in zip(events, log_positions, strict=True):
+                if event.originator_version == 1:
+                    positions[event.originator_id] = position
+                    state.set_position(event.originator_id, position)
+            state.position = max(state.position, *log_positions)
             self._stats[2] += len(events)
         state.trim_index()
         self._freeze_heap(len(events))
