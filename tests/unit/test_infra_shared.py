@@ -92,3 +92,22 @@ def test_the_status_server_serves_health_metrics_and_nothing_else() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_status_server_listens_where_razao_status_host_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    registry = CollectorRegistry()
+    server = serve_status(free_port("127.0.0.1"), registry, lambda: (200, {}), name="test-status-default")
+    try:
+        assert server.server_address[0] == "127.0.0.1"  # not reachable from other hosts unless asked
+    finally:
+        server.shutdown()
+        server.server_close()
+    monkeypatch.setenv("RAZAO_STATUS_HOST", "0.0.0.0")
+    server = serve_status(free_port("127.0.0.1"), registry, lambda: (200, {}), name="test-status-any")
+    try:
+        assert server.server_address[0] == "0.0.0.0"
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.server_address[1]}/health", timeout=5) as response:
+            assert response.status == 200
+    finally:
+        server.shutdown()
+        server.server_close()
