@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import ThreadingHTTPServer
@@ -74,6 +74,11 @@ RELAY_TOPIC_CHECK_INTERVAL_S = 5.0
 RELAY_PORT_DEFAULT = 9101
 ENV_RELAY_PORT = "RAZAO_RELAY_PORT"
 ENV_RELAY_TOPIC = "RAZAO_LEDGER_TOPIC"
+#: Replicas of the ledger topic when the relay creates it: 1 for the local single broker; 3 in production
+#: (docker-compose.yml), where the topic also gets ``min.insync.replicas`` = replicas - 1, so that ``acks="all"``
+#: means a record is on at least two brokers.
+ENV_TOPIC_REPLICATION = "RAZAO_LEDGER_TOPIC_REPLICATION"
+TOPIC_REPLICATION_MAX = 7
 
 assert RELAY_REQUEST_TIMEOUT_MS + RELAY_LINGER_MS <= RELAY_DELIVERY_TIMEOUT_MS < RELAY_ACK_TIMEOUT_S * 1000
 assert 0 < RELAY_RETRY_WAIT_S_MIN < RELAY_RETRY_WAIT_S_MAX
@@ -189,6 +194,7 @@ class Relay:
         self.positions = positions
         self.bootstrap = bootstrap
         self.topic = topic
+        self.topic_replication = topic_replication()  # a bad setting fails the start, not every retry
         self.batch_max = batch_max
         self.poll_interval_s = poll_interval_s
         self.metrics = metrics or RelayMetrics()
@@ -302,7 +308,7 @@ class Relay:
             self._admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="razao-relay-admin",
                                            request_timeout_ms=RELAY_REQUEST_TIMEOUT_MS)
         assert self._state is not None
-        topic_id = ensure_topic(self._admin, self.topic, self._state.topic_id)
+        topic_id = ensure_topic(self._admin, self.topic, self._state.topic_id, self.topic_replication)
         self._topic_checked = now
         assert self._state is not None
         if self._state.topic_id is None:
@@ -376,7 +382,21 @@ class Relay:
                 return
 
 
-def ensure_topic(admin: KafkaAdminClient, topic: str, known_id: str | None = None) -> str:
+def topic_replication(environ: Mapping[str, str] | None = None) -> int:
+    """``RAZAO_LEDGER_TOPIC_REPLICATION``, 1 when unset; anything but an integer from 1 to 7 is refused."""
+    text = (os.environ if environ is None else environ).get(ENV_TOPIC_REPLICATION) or "1"
+    if not text.isdigit() or not 1 <= int(text) <= TOPIC_REPLICATION_MAX:
+        raise ValueError(f"{ENV_TOPIC_REPLICATION} must be an integer from 1 to {TOPIC_REPLICATION_MAX}, not {text!r}")
+    return int(text)
+
+
+def ledger_topic(topic: str, replication: int) -> NewTopic:
+    """The ledger topic as the relay creates it: one partition (log order), ``replication`` replicas."""
+    configs = {"min.insync.replicas": str(replication - 1)} if replication > 1 else {}
+    return NewTopic(topic, num_partitions=1, replication_factor=replication, topic_configs=configs)
+
+
+def ensure_topic(admin: KafkaAdminClient, topic: str, known_id: str | None = None, replication: int = 1) -> str:
     """Creates the single-partition ledger topic unless it exists; returns its topic id.
 
     Create first, describe second: a metadata request for a missing topic may make the broker auto-create it with
@@ -386,7 +406,7 @@ def ensure_topic(admin: KafkaAdminClient, topic: str, known_id: str | None = Non
     (the next check creates it right). The relay's own topic with a wrong count is refused: a person changed it.
     """
     try:
-        admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+        admin.create_topics([ledger_topic(topic, replication)])
     except TopicAlreadyExistsError:
         pass
     described = admin.describe_topics([topic])[0]
@@ -483,6 +503,11 @@ def _configure_logging() -> None:
 
 def _cli_run(args: argparse.Namespace) -> int:
     _configure_logging()
+    try:
+        topic_replication()
+    except ValueError as exc:
+        print(f"razao relay run: {exc}", file=sys.stderr)
+        return 2
     settings = load_settings()
     return run_relay(args.dsn or settings.pg_dsn, settings.kafka_bootstrap, name=args.name, topic=args.topic,
                      port=args.port or None)
