@@ -29,13 +29,17 @@ class LedgerRuntime:
         self.app.close()
 
 
-def open_ledger_app(dsn: str, *, pool_size: int = 4) -> LedgerApplication:
+def open_ledger_app(dsn: str, *, pool_size: int = 4, read_only: bool = False) -> LedgerApplication:
     """The ledger application in the existing database at ``dsn``, for reading or for a writer.
 
     Opening it creates its tables and functions if needed (``CREATE ... IF NOT EXISTS``, ``CREATE OR REPLACE``),
     which Postgres does not serialise: processes opening the ledger at the same moment (the API and the relay under
     ``razao up``) take turns under the schema set-up lock, or one of them fails with "tuple concurrently updated".
+    ``read_only`` opens it without any DDL, for readers that must not (or cannot) write: an auditor's replay on a
+    hot standby, where even ``CREATE TABLE IF NOT EXISTS`` is refused.
     """
+    if read_only:
+        return LedgerApplication(env={**postgres_env(dsn, pool_size=pool_size), "CREATE_TABLE": "n", **ledger_env()})
     with schema_setup(dsn):
         return LedgerApplication(env={**postgres_env(dsn, pool_size=pool_size), **ledger_env()})
 

@@ -2,7 +2,8 @@
 
 It replays every event from the store (no checkpoint), re-verifying each event's hash-chain link and each
 balance transition it claims, then the invariants; it prints the head of the chain, so two auditors can
-compare one hash instead of the whole log.
+compare one hash instead of the whole log. It only reads: it runs on a hot standby (or with a read-only role)
+and never creates a table, a function or a database.
 """
 
 from __future__ import annotations
@@ -13,9 +14,13 @@ import time
 from typing import Any
 
 import psycopg
+from eventsourcing.persistence import OperationalError as PersistenceOperationalError
 
 from commands.bootstrap import open_ledger_app
 from infra.settings import database_name, load_settings
+
+#: The ledger's event table (the application "Ledger"'s events, as the eventsourcing recorder names it).
+LEDGER_EVENTS_TABLE = "ledger_events"
 
 
 def register_cli(subparsers: Any) -> None:
@@ -29,8 +34,13 @@ def register_cli(subparsers: Any) -> None:
 def run_verify(args: argparse.Namespace) -> int:
     dsn = args.dsn or load_settings().pg_dsn
     try:
-        app = open_ledger_app(dsn, pool_size=1)
-    except psycopg.OperationalError as exc:  # no server, no such database: nothing to verify (and none is created)
+        if not _has_table(dsn, LEDGER_EVENTS_TABLE):
+            print(f"razao: error: database {database_name(dsn)!r} holds no ledger (no {LEDGER_EVENTS_TABLE} table)",
+                  file=sys.stderr)
+            return 2
+        app = open_ledger_app(dsn, pool_size=1, read_only=True)
+    except (psycopg.OperationalError, PersistenceOperationalError) as exc:
+        # No server, no such database: nothing to verify (and none is created).
         print(f"razao: error: cannot open the ledger at {database_name(dsn)!r}: {str(exc).strip().splitlines()[-1]}",
               file=sys.stderr)
         return 2
@@ -50,3 +60,9 @@ def run_verify(args: argparse.Namespace) -> int:
     print(f"Σ debits posted = {debits}, Σ credits posted = {credits} (centavos)")
     print(f"chain head: {state.chain_hash}")
     return 0
+
+
+def _has_table(dsn: str, table: str) -> bool:
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:  # read only: never creates anything
+        row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()
+    return bool(row and row[0])

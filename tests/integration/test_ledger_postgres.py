@@ -411,3 +411,41 @@ def test_ledger_verify_of_a_database_that_does_not_exist_says_so_and_creates_not
     with psycopg.connect(fresh_database, autocommit=True) as conn:
         name = missing.rsplit("/", 1)[1]
         assert conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None
+
+
+def _maintenance_dsn(dsn: str) -> str:
+    return dsn.rsplit("/", 1)[0] + "/postgres"
+
+
+def test_ledger_verify_only_reads_so_an_auditor_can_run_it_on_a_read_only_standby(
+        razao: Any, fresh_database: str) -> None:
+    """A hot standby refuses every write, even `CREATE TABLE IF NOT EXISTS`; a database whose sessions are
+    read-only by default refuses the same statements the same way."""
+    runtime = build_ledger(fresh_database)
+    try:
+        workload(runtime, Accounts(runtime), "audit-")
+        head = runtime.writer.state.chain_hash
+        posted = sum(a.debits_posted for a in runtime.writer.state.accounts.values())
+    finally:
+        runtime.close()
+    name = fresh_database.rsplit("/", 1)[1]
+    with psycopg.connect(_maintenance_dsn(fresh_database), autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    try:
+        with psycopg.connect(fresh_database, autocommit=True) as conn, pytest.raises(
+                psycopg.errors.ReadOnlySqlTransaction):
+            conn.execute("CREATE TABLE IF NOT EXISTS ledger_events (id int)")  # what opening for writing would do
+        verified = razao("ledger", "verify", "--dsn", fresh_database)
+        assert f"chain head: {head}" in verified.stdout
+        assert posted > 0 and f"Σ debits posted = {posted}, Σ credits posted = {posted}" in verified.stdout
+    finally:
+        with psycopg.connect(_maintenance_dsn(fresh_database), autocommit=True) as conn:
+            conn.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+
+
+def test_ledger_verify_of_a_database_without_a_ledger_says_so_and_creates_nothing(
+        razao: Any, fresh_database: str) -> None:
+    refused = razao("ledger", "verify", "--dsn", fresh_database, check=False)
+    assert refused.returncode == 2 and "holds no ledger" in refused.stderr and "Traceback" not in refused.stderr
+    tables = sql(fresh_database, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+    assert tables[0][0] == 0

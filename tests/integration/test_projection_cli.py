@@ -115,3 +115,26 @@ def test_the_projection_benchmark_measures_commit_to_query_lag(razao, settings: 
     assert report["committed_transfers"] >= 150 and report["samples"] >= 100
     assert 0 < report["p50_ms"] <= report["p99_ms"] <= report["max_ms"] < 5_000
     assert report["stages"]["projector"]["razao_projector_batch_seconds_count"] > 0
+
+
+@pytest.mark.parametrize("method", ["sql", "projector"])
+def test_a_rebuild_reads_the_log_from_a_read_only_ledger_database(razao, ledger_and_read, method: str) -> None:
+    """As from a hot standby (which refuses every write): the ledger's database is only read, the read models are
+    written to the read database."""
+    ledger_dsn, read_dsn, env = ledger_and_read
+    name = ledger_dsn.rsplit("/", 1)[1]
+    maintenance = ledger_dsn.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(maintenance, autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    try:
+        with psycopg.connect(ledger_dsn, autocommit=True) as conn, pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            conn.execute("CREATE TABLE refused (id int)")
+        built = razao("projections", "rebuild", "--into", f"standby_{method}", "--method", method, "--no-progress",
+                      env=env)
+        assert "42 events up to position 42" in built.stdout and f"method {method}" in built.stdout
+        with psycopg.connect(read_dsn, autocommit=True) as conn:
+            row = conn.execute(f"SELECT count(*) FROM standby_{method}.transfers").fetchone()
+        assert row is not None and row[0] == 40
+    finally:
+        with psycopg.connect(maintenance, autocommit=True) as conn:
+            conn.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
