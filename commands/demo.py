@@ -37,6 +37,10 @@ from ledger.pix_state import SETTLEMENT_ACCOUNT_ID
 HTTP_TIMEOUT_S = 30.0
 #: How long the demo waits for a Pix to be credited or a withdrawal to end.
 PIX_WAIT_S = 20.0
+#: How long the demo keeps asking the query API while it answers 503 QUERY_PROJECTION_BEHIND (honouring its
+#: Retry-After), as a client would: the relay and the projector may still be catching up after a start, e.g. when
+#: the broker came back empty and the relay publishes the log again.
+READ_SIDE_WAIT_S = 60.0
 SETTLEMENT_ACCOUNT_ID_TEXT = str(SETTLEMENT_ACCOUNT_ID)
 
 
@@ -257,17 +261,28 @@ class Story:
     def query(self, who: str, path: str, params: dict[str, Any]) -> dict[str, Any] | None:
         query = "&".join(f"{name}={value}" for name, value in params.items())
         print(f"  {who:<8} GET {self.query_url}{self._short(path)}?{query}")
-        try:
-            response = httpx.get(f"{self.query_url}{path}", params=params, headers=self.actors[who],
-                                 timeout=HTTP_TIMEOUT_S)
-        except httpx.TransportError as exc:
-            print(f"  {'':<8} (the query API does not answer: {exc})")
-            return None
-        body: dict[str, Any] = response.json()
-        if not response.is_success:
-            print(f"  {'':<8} ← {response.status_code}: {body.get('code')}: {body.get('detail')}")
-            return None
-        return body
+        deadline = time.monotonic() + READ_SIDE_WAIT_S
+        told = False
+        while True:
+            try:
+                response = httpx.get(f"{self.query_url}{path}", params=params, headers=self.actors[who],
+                                     timeout=HTTP_TIMEOUT_S)
+            except httpx.TransportError as exc:
+                print(f"  {'':<8} (the query API does not answer: {exc})")
+                return None
+            body: dict[str, Any] = response.json()
+            behind = response.status_code == 503 and body.get("code") == "QUERY_PROJECTION_BEHIND"
+            if behind and time.monotonic() < deadline:
+                if not told:
+                    print(f"  {'':<8} ← 503: {body.get('detail')}; asking again as it says (Retry-After)")
+                    told = True
+                retry_after = response.headers.get("Retry-After", "1")
+                time.sleep(min(float(retry_after), 5.0) if retry_after.isdigit() else 1.0)
+                continue
+            if not response.is_success:
+                print(f"  {'':<8} ← {response.status_code}: {body.get('code')}: {body.get('detail')}")
+                return None
+            return body
 
     def await_webhook_registration(self, admin_url: str) -> None:
         """`razao up` starts the PSPs after the API, which registers its webhook once they answer; a Pix paid
