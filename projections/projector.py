@@ -138,6 +138,15 @@ def _transfer(event: IntegrationEvent) -> list[Change]:
         expires_at = event.recorded_at + timedelta(seconds=p.timeout_s) if p.timeout_s else None
         changes.append(Insert(HOLDS, (p.transfer_id, p.debit_account_id, p.credit_account_id, p.amount_centavos,
                                       expires_at, event.recorded_at, event.position)))
+    elif p.kind in ("post_pending", "void_pending"):
+        # The settling transfer ends the pending one itself, as it does in the ledger's state: the read models as
+        # of its position are whole (its balances moved, and the pending transfer is no longer listed among the
+        # account's holds), although the pending transfer's own PendingTransferResolved comes one position later,
+        # records that position and removes the hold row (where a resolution of anything but an open hold fails).
+        assert p.pending_id is not None, "a post or void names its pending transfer"
+        changes.append(Update(TRANSFERS, (p.pending_id,), {
+            "status": STATUS_OF_KIND[p.kind], "resolved_by": p.transfer_id, "resolved_at": event.recorded_at,
+            "resolved_position": event.position}))
     return changes
 
 

@@ -576,10 +576,18 @@ def _refuse(log: NotificationLog, position: int) -> None:
                          "reads it, although LogDecoder accepts it: projections.rebuild_sql needs fixing")
 
 
-_ENDS: Final = """SELECT DISTINCT ON (aggregate_id) aggregate_id AS pending_id, id AS position, recorded_at,
-        CASE WHEN topic = {resolved} THEN s->>'resolution' ELSE 'expired' END AS status,
-        CASE WHEN topic = {resolved} THEN {by_transfer} END AS resolved_by
-    FROM {s}.{facts} WHERE topic IN ({resolved}, {expired}) ORDER BY aggregate_id, id DESC"""
+#: The latest end of each pending transfer: its settling transfer (a post or void, which settles it at its own
+#: position, as projections.projector does), then its PendingTransferResolved one position later, or its expiry.
+_ENDS: Final = """SELECT DISTINCT ON (pending_id) pending_id, position, recorded_at, status, resolved_by FROM (
+        SELECT aggregate_id AS pending_id, id AS position, recorded_at,
+            CASE WHEN topic = {resolved} THEN s->>'resolution' ELSE 'expired' END AS status,
+            CASE WHEN topic = {resolved} THEN {by_transfer} END AS resolved_by
+        FROM {s}.{facts} WHERE topic IN ({resolved}, {expired})
+        UNION ALL
+        SELECT pending_id, position, recorded_at,
+            CASE kind WHEN 'post_pending' THEN 'posted' ELSE 'voided' END, transfer_id
+        FROM {s}.{transfers} WHERE kind IN ('post_pending', 'void_pending')
+    ) ends ORDER BY pending_id, position DESC"""
 _EXPIRED: Final = """SELECT id AS position, aggregate_id AS pending_id, recorded_at, 'expired' AS kind,
         {debit} AS debit_account_id, {credit} AS credit_account_id,
         (s->>'amount_centavos')::bigint AS amount_centavos, {debit_after}, {credit_after}

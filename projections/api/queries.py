@@ -62,8 +62,11 @@ class Queries:
             "AND position < %s ORDER BY position DESC LIMIT %s)) t ORDER BY position DESC LIMIT %s").format(s)
         self._transfer = sql.SQL("SELECT * FROM {0}.transfers WHERE transfer_id = %s").format(s)
         self._holds = sql.SQL(
+            # A hold whose transfer is no longer pending was settled by a post or void at that transfer's position;
+            # its row goes one position later, with the PendingTransferResolved (projections.projector).
             "SELECT h.*, t.key, t.reference, t.code FROM {0}.holds h JOIN {0}.transfers t USING (transfer_id) "
-            "WHERE h.debit_account_id = %s OR h.credit_account_id = %s ORDER BY h.position DESC LIMIT %s").format(s)
+            "WHERE (h.debit_account_id = %s OR h.credit_account_id = %s) AND t.status = 'pending' "
+            "ORDER BY h.position DESC LIMIT %s").format(s)
         self._trial = sql.SQL(
             "SELECT a.code, count(*) AS accounts, sum(b.debits_pending) AS debits_pending, "
             "sum(b.debits_posted) AS debits_posted, sum(b.credits_pending) AS credits_pending, "

@@ -181,6 +181,32 @@ def test_as_of_positions_equal_the_projector(ledger: Ledger) -> None:
         assert (built.position, built.events) == ((prefix[-1].position, len(prefix)) if prefix else (0, 0))
 
 
+def test_as_of_a_post_or_a_void_the_pending_transfer_is_settled_and_no_longer_held(ledger: Ledger) -> None:
+    """A post or void ends its pending transfer at its own position, as in the ledger's state: read models cut
+    between it and the PendingTransferResolved that follows are whole (its balances moved, no hold is listed)."""
+    from projections.api.queries import Queries
+
+    events = ledger.events()
+    for kind, status in (("post_pending", "posted"), ("void_pending", "voided")):
+        settle = next(e for e in events if e.type == "TransferCommitted" and e.payload.kind == kind)
+        follower = events[events.index(settle) + 1]
+        assert follower.type == "PendingTransferResolved" and follower.position == settle.position + 1
+        rebuild_both(ledger, upto=settle.position)  # and both methods agree at that cut
+        for schema, resolved_at in (("set_based", settle.position), ("reference", settle.position)):
+            with psycopg.connect(ledger.read_dsn) as conn:
+                row = conn.execute(f"SELECT status, resolved_by, resolved_position FROM {schema}.transfers "
+                                   "WHERE transfer_id = %s", (settle.payload.pending_id,)).fetchone()
+                assert row is not None and (row[0], str(row[1]), row[2]) == (
+                    status, settle.payload.transfer_id, resolved_at), (kind, schema)
+                held = Queries(schema).holds(conn, settle.payload.debit_account_id, 1000)
+                assert settle.payload.pending_id not in {str(r["transfer_id"]) for r in held}, (kind, schema)
+        rebuild_both(ledger, upto=follower.position)  # one position later the resolution records its own
+        with psycopg.connect(ledger.read_dsn) as conn:
+            row = conn.execute("SELECT status, resolved_position FROM set_based.transfers WHERE transfer_id = %s",
+                               (settle.payload.pending_id,)).fetchone()
+            assert row == (status, follower.position)
+
+
 def test_as_of_times_equal_the_projector(ledger: Ledger) -> None:
     events = ledger.events()
     first, middle, last = events[0].recorded_at, events[len(events) // 2].recorded_at, events[-1].recorded_at
