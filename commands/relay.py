@@ -44,6 +44,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError  # type: ignore[imp
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from commands.bootstrap import build_ledger, open_ledger_app
+from infra.kafka_logging import quiet_closed_transport_race
 from infra.platform import ServiceSpec
 from infra.processes import free_port, port_is_free
 from infra.settings import Settings, ensure_database, load_settings
@@ -499,6 +500,7 @@ def register_cli(subparsers: Any) -> None:
 
 def _configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_closed_transport_race()
 
 
 def _cli_run(args: argparse.Namespace) -> int:

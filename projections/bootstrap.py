@@ -19,6 +19,7 @@ from eventsourcing.utils import Environment
 from psycopg import sql
 
 from infra import bearer_tokens
+from infra.kafka_logging import quiet_closed_transport_race
 from infra.platform import ServiceSpec
 from infra.postgres_store import postgres_env
 from infra.probes import kafka_brokers, kafka_endpoint
@@ -57,6 +58,7 @@ __all__ = [
     "load_read_settings",
     "open_event_store_reader",
     "open_ledger_log",
+    "quiet_closed_transport_race",
     "read_dsn_for",
     "serve_status",
     "services",

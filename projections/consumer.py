@@ -35,7 +35,7 @@ from kafka.structs import OffsetAndMetadata  # type: ignore[import-untyped]
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ledger.contracts import ContractError, IntegrationEvent
-from projections.bootstrap import serve_status
+from projections.bootstrap import quiet_closed_transport_race, serve_status
 from projections.limits import (
     PROJECTOR_BATCH_EVENTS_MAX,
     PROJECTOR_POLL_MS_MAX,
@@ -272,6 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
+    quiet_closed_transport_race()
     settings = load_read_settings()
     ensure_read_database(settings.read_dsn)
     projector = Projector(ProjectionStore(settings.read_dsn, args.schema), settings.kafka_bootstrap, settings.topic,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 import urllib.error
 import urllib.request
@@ -111,3 +112,28 @@ def test_the_status_server_listens_where_razao_status_host_says(monkeypatch: pyt
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_only_kafka_pythons_read_after_close_race_is_quieted(caplog: pytest.LogCaptureFixture) -> None:
+    from infra.kafka_logging import TRANSPORT_LOGGER, quiet_closed_transport_race
+
+    quiet_closed_transport_race()
+    quiet_closed_transport_race()  # installed once
+    logger = logging.getLogger(TRANSPORT_LOGGER)
+    assert sum(type(f).__name__ == "ClosedTransportRace" for f in logger.filters) == 1
+
+    def library_logs(transport: str, exc: BaseException) -> None:
+        try:
+            raise exc
+        except BaseException:
+            logger.exception("%s: Error receiving network data closing socket", transport)
+
+    with caplog.at_level(logging.DEBUG, logger=TRANSPORT_LOGGER):
+        library_logs("<KafkaTCPTransport [none] (closed)>", AttributeError("'NoneType' object has no attribute 'recv'"))
+        library_logs("<KafkaTCPTransport [127.0.0.1:9092] (connected)>", ConnectionResetError("reset by peer"))
+        library_logs("<KafkaTCPTransport [none] (closed)>", AttributeError("'NoneType' object has no attribute 'send'"))
+    race, reset, other = caplog.records
+    assert race.levelno == logging.WARNING and race.exc_info is None and "(closed)" in race.getMessage()
+    assert "a read on a transport the client had closed" in race.getMessage()
+    assert reset.levelno == logging.ERROR and reset.exc_info is not None  # a real network error stays an error
+    assert other.levelno == logging.ERROR and other.exc_info is not None
