@@ -31,6 +31,7 @@ from typing import Any
 import psycopg
 from kafka import KafkaConsumer, TopicPartition  # type: ignore[import-untyped]
 from kafka.consumer.subscription_state import ConsumerRebalanceListener  # type: ignore[import-untyped]
+from kafka.errors import KafkaError  # type: ignore[import-untyped]
 from kafka.structs import OffsetAndMetadata  # type: ignore[import-untyped]
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -41,6 +42,8 @@ from projections.limits import (
     PROJECTOR_POLL_MS_MAX,
     PROJECTOR_RESCAN_INTERVAL_S,
     PROJECTOR_RETRY_WAIT_S_MAX,
+    PROJECTOR_TOPIC_POLL_S,
+    PROJECTOR_TOPIC_WAIT_S,
 )
 from projections.store import BatchRejected, Outcome, ProjectionStore
 
@@ -113,6 +116,7 @@ class Projector:
             metadata_max_age_ms=2_000,
             allow_auto_create_topics=False,
         )
+        self._await_topic(consumer)
         consumer.subscribe([self.topic], listener=_Rebalance(self))
         log.info("projector %s starting at position %d", self.store.schema, self.position)
         try:
@@ -125,6 +129,24 @@ class Projector:
         finally:
             consumer.close(autocommit=False)
             self.store.close()
+
+    def _await_topic(self, consumer: KafkaConsumer) -> None:
+        """Waits (bounded) until the relay has created the ledger topic, listing all topics: a metadata request
+        naming the topic would make Tansu create it with the wrong partition count (PROJECTOR_TOPIC_WAIT_S)."""
+        deadline = time.monotonic() + PROJECTOR_TOPIC_WAIT_S
+        told = False
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            try:
+                if self.topic in consumer.topics():
+                    return
+            except KafkaError as exc:  # the broker is not answering yet: the same wait
+                log.debug("listing topics failed: %r", exc)
+            if not told:
+                log.info("waiting for the relay to create topic %s", self.topic)
+                told = True
+            self._stop.wait(PROJECTOR_TOPIC_POLL_S)
+        if not self._stop.is_set():
+            log.warning("topic %s not there after %.0f s; subscribing anyway", self.topic, PROJECTOR_TOPIC_WAIT_S)
 
     # ---- one batch --------------------------------------------------------------------------------------------
     def _handle(self, consumer: KafkaConsumer, tp: TopicPartition, records: Sequence[Any]) -> None:

@@ -10,6 +10,11 @@ PROJECTOR_POLL_MS_MAX: Final = 100
 PROJECTOR_RETRY_WAIT_S_MAX: Final = 5.0
 #: When a gap in the chain is seen, the partition is re-read from the beginning at most this often.
 PROJECTOR_RESCAN_INTERVAL_S: Final = 5.0
+#: At start, how long the projector waits for the relay to create the ledger topic before subscribing anyway.
+#: Tansu creates a topic that a metadata request names, whatever the client asks, with its default partition
+#: count; the relay then deletes and recreates it, and a consumer subscribed to the first one could stay on it.
+PROJECTOR_TOPIC_WAIT_S: Final = 30.0
+PROJECTOR_TOPIC_POLL_S: Final = 0.5
 
 #: A rebuild reads the event store in pages of this many records and flushes its rows every this many events.
 REBUILD_PAGE_EVENTS_MAX: Final = 10_000
