@@ -101,17 +101,17 @@ class Reply(Generic[T]):
             return True
 
     def set_result(self, result: T) -> None:
-        with self._mutex:
-            if self._state in (_FINISHED, _CANCELLED):
-                raise InvalidStateError(f"reply already {self._state}")
-            self._result, self._state = result, _FINISHED
-        self._settled()
+        self._finish(result, None)
 
     def set_exception(self, exception: BaseException) -> None:
+        self._finish(None, exception)
+
+    def _finish(self, result: T | None, exception: BaseException | None) -> None:
         with self._mutex:
             if self._state in (_FINISHED, _CANCELLED):
                 raise InvalidStateError(f"reply already {self._state}")
-            self._exception, self._state = exception, _FINISHED
+            # Both values before the state: a waiter reads them without the mutex once it sees FINISHED.
+            self._result, self._exception, self._state = result, exception, _FINISHED
         self._settled()
 
     def _settled(self) -> None:
