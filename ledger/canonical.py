@@ -28,13 +28,10 @@ _CHAIN_ALLOWED: frozenset[type] = _PLAIN | {UUID, datetime}
 _DEL = b"\x7f"  # the one ASCII byte the standard encoder escapes with ensure_ascii and orjson does not
 
 
-def _flat(values: Any, allowed: frozenset[type]) -> bool:
-    """True when every value is of an ``allowed`` type or a list of ints (the balances)."""
-    for value in values:
-        kind = type(value)
-        if kind not in allowed and not (kind is list and all(type(x) is int for x in value)):
-            return False
-    return True
+def _agrees(value: Any, allowed: frozenset[type]) -> bool:
+    """Whether both encoders write ``value`` alike: an ``allowed`` type or a list of ints (the balances)."""
+    kind = type(value)
+    return kind in allowed or (kind is list and all(type(x) is int for x in value))
 
 
 def chain_text(previous_hash: str, event_type: str, originator_id: UUID, version: int,
@@ -42,8 +39,8 @@ def chain_text(previous_hash: str, event_type: str, originator_id: UUID, version
     """``json.dumps([previous_hash, event_type, str(originator_id), version, body], sort_keys=True,
     default=str, separators=(",", ":"))`` encoded as ASCII: the text the chain hash is taken over."""
     item = [previous_hash, event_type, str(originator_id), version, body]
-    if type(version) is int and type(previous_hash) is str and type(event_type) is str and _flat(
-        body.values(), _CHAIN_ALLOWED
+    if type(version) is int and type(previous_hash) is str and type(event_type) is str and all(
+        _agrees(value, _CHAIN_ALLOWED) for value in body.values()
     ):
         try:
             # datetimes are passed through to ``default=str``, exactly as the standard encoder does.
@@ -68,7 +65,7 @@ def stored_text(state: dict[str, Any]) -> bytes:
             state[key] = {"_type_": "uuid_hex", "_data_": value.hex}
         elif kind is datetime:
             state[key] = {"_type_": "datetime_iso", "_data_": value.isoformat()}
-        elif kind not in _PLAIN and not (kind is list and all(type(x) is int for x in value)):
+        elif not _agrees(value, _PLAIN):
             plain = False  # e.g. a dict or a float: the standard encoder decides, or refuses
     if plain:
         try:
