@@ -17,6 +17,9 @@ Three ways of driving the ledger, because a Python client and the Python writer 
   loop of N, but without N threads competing with the writer for the GIL).
 * ``open``: one driver thread submits at a fixed rate whatever happens (open loop); latency is counted from
   each transfer's scheduled send time, so a stall shows up in the latency instead of lowering the offered load.
+* ``batched``: N client threads, each submitting a ``CreateTransfers`` command of K independent transfers (each
+  answered on its own, as TigerBeetle's ``create_transfers``) and waiting for it (closed loop). Each transfer's
+  latency is its command's.
 
 The bench is a process of its own, so, like a ``bootstrap``, it wires itself: the ledger comes from
 ``commands.bootstrap.build_ledger``, the database lifecycle from ``infra.settings``, and psycopg serves the
@@ -57,8 +60,13 @@ from infra.plugins import BENCH_GROUP, discover
 from infra.settings import database_name, drop_database, ensure_database, load_settings, with_database
 from ledger import errors
 from ledger.chart import REQUIRED_FLAGS, AccountCode, AccountFlags
-from ledger.limits import COMMAND_TIMEOUT_S_MAX, GROUP_COMMIT_COMMANDS_MAX, GROUP_COMMIT_WAIT_MS_MAX
-from ledger.model import CreateTransfer, OpenAccount
+from ledger.limits import (
+    COMMAND_TIMEOUT_S_MAX,
+    GROUP_COMMIT_COMMANDS_MAX,
+    GROUP_COMMIT_WAIT_MS_MAX,
+    TRANSFERS_PER_COMMAND_MAX,
+)
+from ledger.model import CreateTransfer, CreateTransfers, OpenAccount
 from ledger.reply import Reply
 
 JSON_SCHEMA = "razao.bench.ledger/1"
@@ -89,7 +97,7 @@ OTHER_CORES_CLEAN_MAX = 0.25
 
 #: Errors that mean "no answer" rather than "refused": they count separately and should never happen here.
 NO_ANSWER_CODES = frozenset({errors.LedgerUnavailable.code, errors.LedgerOverloaded.code})
-DRIVERS = ("threads", "inflight", "open")
+DRIVERS = ("threads", "inflight", "open", "batched")
 GC_MODES = ("default", "disabled")
 
 # --------------------------------------------------------------------------------------------------------------
@@ -130,6 +138,10 @@ def _register_ledger(subsystems: argparse._SubParsersAction[argparse.ArgumentPar
     p.add_argument("--wallets", type=int, default=10_000, help="investor wallets (default 10000)")
     p.add_argument("--drivers", default=",".join(DRIVERS),
                    help=f"ledger drivers to run, comma separated, from {','.join(DRIVERS)} (default all)")
+    p.add_argument("--batch-clients", type=int, default=8,
+                   help="client threads of the batched driver (default 8)")
+    p.add_argument("--batch-size", type=int, default=100,
+                   help="transfers per command of the batched driver (default 100)")
     p.add_argument("--open-rate", type=float, default=TARGET_TRANSFERS_PER_S,
                    help="offered transfers/s of the open-loop driver (default the 5000/s target)")
     p.add_argument("--commands-max", type=int, default=GROUP_COMMIT_COMMANDS_MAX,
@@ -185,6 +197,8 @@ class LedgerBenchOptions:
     rebuild_check: bool
     seed: int
     gc_mode: str = "default"
+    batch_clients: int = 8
+    batch_size: int = 100
 
     def __post_init__(self) -> None:
         _require(0 < self.seconds <= SECONDS_MAX, "seconds out of range")
@@ -197,6 +211,9 @@ class LedgerBenchOptions:
                  f"commands_max must be 1..{GROUP_COMMIT_COMMANDS_MAX}")
         _require(0 <= self.wait_ms <= GROUP_COMMIT_WAIT_MS_MAX, f"wait_ms must be 0..{GROUP_COMMIT_WAIT_MS_MAX}")
         _require(0 < self.pool_size <= 32, "pool size out of range")
+        _require(0 < self.batch_clients <= CLIENTS_MAX, f"batch clients must be 1..{CLIENTS_MAX}")
+        _require(0 < self.batch_size <= TRANSFERS_PER_COMMAND_MAX,
+                 f"batch size must be 1..{TRANSFERS_PER_COMMAND_MAX}")
         _require(self.gc_mode in GC_MODES, f"gc mode must be one of {GC_MODES}")
         _require(all(0 < k <= BASELINE_CLIENTS_MAX for k in self.baseline_clients),
                  f"baseline clients must be 1..{BASELINE_CLIENTS_MAX}")
@@ -205,11 +222,12 @@ class LedgerBenchOptions:
         parts = ["razao bench ledger", f"--seconds {self.seconds:g}", f"--clients {self.clients}"]
         defaults = {"warmup_seconds": 1.0, "wallets": 10_000, "drivers": DRIVERS, "open_rate_per_s": 5_000.0,
                     "commands_max": GROUP_COMMIT_COMMANDS_MAX, "wait_ms": GROUP_COMMIT_WAIT_MS_MAX, "pool_size": 4,
-                    "baseline_clients": (8, 16, 32, 64), "rebuild_check": True, "seed": 1, "gc_mode": "default"}
+                    "baseline_clients": (8, 16, 32, 64), "rebuild_check": True, "seed": 1, "gc_mode": "default",
+                    "batch_clients": 8, "batch_size": 100}
         flags = {"warmup_seconds": "--warmup-seconds", "wallets": "--wallets", "drivers": "--drivers",
                  "open_rate_per_s": "--open-rate", "commands_max": "--commands-max", "wait_ms": "--wait-ms",
                  "pool_size": "--pool-size", "baseline_clients": "--baseline-clients", "seed": "--seed",
-                 "gc_mode": "--gc"}
+                 "gc_mode": "--gc", "batch_clients": "--batch-clients", "batch_size": "--batch-size"}
         for name, flag in flags.items():
             value = getattr(self, name)
             if value != defaults[name]:
@@ -231,6 +249,7 @@ def options_from(args: argparse.Namespace) -> LedgerBenchOptions:
         pool_size=args.pool_size,
         baseline_clients=() if args.no_baseline else tuple(int(k) for k in args.baseline_clients.split(",") if k),
         rebuild_check=not args.no_rebuild_check, seed=args.seed, gc_mode=args.gc,
+        batch_clients=args.batch_clients, batch_size=args.batch_size,
     )
 
 
@@ -395,6 +414,53 @@ class LedgerTarget:
 
     def submit(self, prepared: CreateTransfer) -> Reply[Any]:
         return self.writer.submit(prepared)
+
+    def send_many(self, transfers: tuple[CreateTransfer, ...]) -> list[str | None]:
+        """One ``CreateTransfers`` command; the refusal code of each transfer, or None where it was committed."""
+        try:
+            outcomes = self.writer.submit(CreateTransfers(transfers)).result(timeout=COMMAND_TIMEOUT_S_MAX)
+        except errors.LedgerError as exc:
+            return [exc.code] * len(transfers)
+        except TimeoutError:
+            return [errors.LedgerUnavailable.code] * len(transfers)
+        return [o.code if isinstance(o, errors.LedgerError) else None for o in outcomes]
+
+
+def drive_batches(target: LedgerTarget, clients: int, batch_size: int, run_s: float, workload: Workload, *,
+                  key_prefix: str, seed: int) -> tuple[list[Record], int]:
+    """Closed loop of commands of ``batch_size`` transfers: ``clients`` threads, each sending one command and
+    waiting for it. One record per transfer, with its command's submit and answer times."""
+    per_client: list[list[Record]] = [[] for _ in range(clients)]
+    start: list[int] = []
+    barrier = threading.Barrier(clients + 1, action=lambda: start.append(time.perf_counter_ns()))
+
+    def client(index: int) -> None:
+        records, rng = per_client[index], random.Random(seed * 7_919 + index)
+        barrier.wait()
+        deadline = start[0] + int(run_s * 1e9)
+        seq = 0
+        while True:
+            transfers = []
+            for item in range(batch_size):
+                debit, credit = workload(rng)
+                transfers.append(target.prepare(f"{key_prefix}:{index}:{seq}:{item}", debit, credit,
+                                                rng.randint(1, TRANSFER_AMOUNT_CENTAVOS_MAX)))
+            submitted = time.perf_counter_ns()
+            if submitted >= deadline:
+                return
+            codes = target.send_many(tuple(transfers))
+            done = time.perf_counter_ns()
+            records.extend((submitted, done, code) for code in codes)
+            seq += 1
+
+    threads = [threading.Thread(target=client, args=(i,), name=f"bench-batch-client-{i}", daemon=True)
+               for i in range(clients)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    for t in threads:
+        t.join()
+    return [r for records in per_client for r in records], start[0]
 
 
 def _code_of(future: Reply[Any]) -> str | None:
@@ -708,7 +774,7 @@ def store_counts(runtime: LedgerRuntime, dsn: str) -> tuple[int, int]:
 
 
 def ledger_checks(runtime: LedgerRuntime, dsn: str, counts_before: tuple[int, int], writer_before: Any,
-                  m: Measurement) -> dict[str, Any]:
+                  m: Measurement, *, transfers_per_command: int | None = None) -> dict[str, Any]:
     """After a scenario, with the writer idle: invariants, debits == credits, acknowledged == committed."""
     state = runtime.writer.state
     invariants_error = None
@@ -731,9 +797,15 @@ def ledger_checks(runtime: LedgerRuntime, dsn: str, counts_before: tuple[int, in
         "no_answer_errors": m.total_errors,
         "writer_fatal": repr(runtime.writer.fatal) if runtime.writer.fatal else None,
     }
+    if transfers_per_command is None:
+        # One transfer per command: the writer counts only the commands it committed, not the refused ones.
+        writer_agrees = checks["writer_committed_commands"] == m.total_ok
+    else:
+        # Commands of independent transfers: the writer counts every command, whatever its transfers' outcomes.
+        writer_agrees = checks["writer_committed_commands"] * transfers_per_command == m.total_ok + m.total_refused
     checks["passed"] = bool(
         invariants_error is None and debits == credits and checks["customer_funds_segregated"]
-        and committed == m.total_ok == checks["writer_committed_commands"] and m.total_errors == 0
+        and committed == m.total_ok and writer_agrees and m.total_errors == 0
         and runtime.writer.fatal is None
     )
     batches = writer_after.batches - writer_before.batches
@@ -760,16 +832,22 @@ def run_ledger_scenario(runtime: LedgerRuntime, dsn: str, setup: LedgerSetup, op
         elif driver == "inflight":
             records, start = drive_inflight(target, options.clients, run_s, workload, key_prefix=prefix,
                                             seed=options.seed)
+        elif driver == "batched":
+            records, start = drive_batches(target, options.batch_clients, options.batch_size, run_s, workload,
+                                           key_prefix=prefix, seed=options.seed)
         else:
             assert offered is not None
             records, start = drive_open(target, offered, run_s, workload, key_prefix=prefix, seed=options.seed)
     cores = meter.cores(cpu_before)
-    clients = 1 if driver == "open" else options.clients
+    clients = {"open": 1, "batched": options.batch_clients}.get(driver, options.clients)
     m = summarize(records, start, options.warmup_seconds, options.seconds, name=f"ledger {workload_name}",
                   system="ledger", workload=workload_name, driver=driver, clients=clients)
     m.offered_per_s = offered
     m.extra.update(cores_used=cores, gc=pauses.summary())
-    m.checks = ledger_checks(runtime, dsn, counts_before, writer_before, m)
+    per_command = options.batch_size if driver == "batched" else None
+    if per_command is not None:
+        m.extra["transfers_per_command"] = per_command
+    m.checks = ledger_checks(runtime, dsn, counts_before, writer_before, m, transfers_per_command=per_command)
     return m
 
 

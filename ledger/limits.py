@@ -23,6 +23,9 @@ REFERENCE_LENGTH_MAX: Final = 200
 #: A linked batch succeeds or fails as one; bounded like TigerBeetle's batch of 8,190 events.
 LINKED_TRANSFERS_MAX: Final = 8_190
 
+#: Independent transfers in one command (``CreateTransfers``): the same bound as a linked batch.
+TRANSFERS_PER_COMMAND_MAX: Final = LINKED_TRANSFERS_MAX
+
 #: A pending transfer times out at most this long after it was created (a PIX devolução window is 90 days).
 PENDING_TIMEOUT_S_MAX: Final = 90 * 24 * 3600
 

@@ -42,11 +42,13 @@ from ledger.model import (
     Command,
     CreateLinkedTransfers,
     CreateTransfer,
+    CreateTransfers,
     Decider,
     LedgerState,
     OpenAccount,
     TransferResult,
     check_linked,
+    check_many,
     flatten_ids,
     linked_batch_id_of,
     result_of,
@@ -94,7 +96,7 @@ class PartyResult:
 
 #: Everything the writer accepts: ledger and PIX commands (state changes) and consistent reads.
 WriterCommand = Command | PixCommand | ReadAccounts | ReadParties | ReadPix
-_LEDGER_COMMANDS = (OpenAccount, CloseAccount, CreateTransfer, CreateLinkedTransfers, RegisterParty)
+_LEDGER_COMMANDS = (OpenAccount, CloseAccount, CreateTransfer, CreateLinkedTransfers, CreateTransfers, RegisterParty)
 
 
 @dataclass(slots=True)
@@ -490,6 +492,8 @@ class LedgerWriter:
             return self._decide_pix(decider, command, now)
         if isinstance(command, CreateTransfer):
             return self._decide_single(decider, command, now)
+        if isinstance(command, CreateTransfers):
+            return self._decide_many(decider, command, now)
         if isinstance(command, CreateLinkedTransfers):
             check_linked(command)
             return self._decide_linked(decider, command.transfers, now, linked_batch_id_of(command))
@@ -557,6 +561,28 @@ class LedgerWriter:
             state.apply(event, verify_chain=False)
         entry = state.transfers[transfer.transfer_id]
         return events, lambda positions: result_of(entry, False, positions.get(entry.event.originator_id))
+
+    @classmethod
+    def _decide_many(cls, decider: Decider, command: CreateTransfers, now: datetime,
+                     ) -> tuple[list[LedgerEvent], Builder]:
+        """Independent transfers: each decided as a single one; the result lists, in order, each transfer's
+        ``TransferResult`` or the ``LedgerError`` that refused it (a refusal records nothing)."""
+        check_many(command)
+        events: list[LedgerEvent] = []
+        outcomes: list[Builder | errors.LedgerError] = []
+        for transfer in command.transfers:
+            try:
+                new_events, build = cls._decide_single(decider, transfer, now)
+            except errors.LedgerError as exc:
+                outcomes.append(exc.with_traceback(None))  # its frames would hold this list: a reference cycle
+                continue
+            events.extend(new_events)
+            outcomes.append(build)
+
+        def build_all(positions: dict[UUID, int]) -> list[TransferResult | errors.LedgerError]:
+            return [o if isinstance(o, errors.LedgerError) else o(positions) for o in outcomes]
+
+        return events, build_all
 
     def _decide_linked(
         self, decider: Decider, transfers: tuple[CreateTransfer, ...], now: datetime,
