@@ -138,10 +138,10 @@ def _register_ledger(subsystems: argparse._SubParsersAction[argparse.ArgumentPar
     p.add_argument("--wallets", type=int, default=10_000, help="investor wallets (default 10000)")
     p.add_argument("--drivers", default=",".join(DRIVERS),
                    help=f"ledger drivers to run, comma separated, from {','.join(DRIVERS)} (default all)")
-    p.add_argument("--batch-clients", type=int, default=8,
-                   help="client threads of the batched driver (default 8)")
-    p.add_argument("--batch-size", type=int, default=100,
-                   help="transfers per command of the batched driver (default 100)")
+    p.add_argument("--batch-clients", type=int, default=4,
+                   help="client threads of the batched driver (default 4)")
+    p.add_argument("--batch-size", type=int, default=50,
+                   help="transfers per command of the batched driver (default 50)")
     p.add_argument("--open-rate", type=float, default=TARGET_TRANSFERS_PER_S,
                    help="offered transfers/s of the open-loop driver (default the 5000/s target)")
     p.add_argument("--commands-max", type=int, default=GROUP_COMMIT_COMMANDS_MAX,
@@ -197,8 +197,8 @@ class LedgerBenchOptions:
     rebuild_check: bool
     seed: int
     gc_mode: str = "default"
-    batch_clients: int = 8
-    batch_size: int = 100
+    batch_clients: int = 4
+    batch_size: int = 50
 
     def __post_init__(self) -> None:
         _require(0 < self.seconds <= SECONDS_MAX, "seconds out of range")
@@ -223,7 +223,7 @@ class LedgerBenchOptions:
         defaults = {"warmup_seconds": 1.0, "wallets": 10_000, "drivers": DRIVERS, "open_rate_per_s": 5_000.0,
                     "commands_max": GROUP_COMMIT_COMMANDS_MAX, "wait_ms": GROUP_COMMIT_WAIT_MS_MAX, "pool_size": 4,
                     "baseline_clients": (8, 16, 32, 64), "rebuild_check": True, "seed": 1, "gc_mode": "default",
-                    "batch_clients": 8, "batch_size": 100}
+                    "batch_clients": 4, "batch_size": 50}
         flags = {"warmup_seconds": "--warmup-seconds", "wallets": "--wallets", "drivers": "--drivers",
                  "open_rate_per_s": "--open-rate", "commands_max": "--commands-max", "wait_ms": "--wait-ms",
                  "pool_size": "--pool-size", "baseline_clients": "--baseline-clients", "seed": "--seed",
@@ -1014,6 +1014,11 @@ def build_report(options: LedgerBenchOptions, started: datetime, machine: dict[s
     ratios["baseline_hot_over_random"] = _ratio(baseline_hot.transfers_per_s if baseline_hot else None,
                                                 best.transfers_per_s if best else None)
     targets = _targets(headline, random_m, hot_m, best, ratios.get(headline, {}))
+    if headline != "batched" and "batched" in options.drivers:
+        # The same targets for commands of many transfers, judged on their own: a client that can send its
+        # transfers together (a repayment split among investors, a payout run) gets these numbers.
+        targets += _targets("batched", find("batched", "random"), find("batched", "hot"), best,
+                            ratios.get("batched", {}))
     if headline != "open" and options.open_rate_per_s >= TARGET_TRANSFERS_PER_S:
         # The closed loop slows its clients down whenever the ledger stalls, which hides the stall from most
         # requests; the open loop at the target rate is what "p99 <= 50 ms at 5,000 transfers/s" means to a caller.

@@ -151,10 +151,11 @@ class ApiError(Exception):
         self.extra = extra
 
 
-def problem_response(
+def problem_body(
     code: str, detail: str, instance: str, *, violations: Sequence[Mapping[str, str]] | None = None,
-    headers: Mapping[str, str] | None = None, extra: Mapping[str, Any] | None = None,
-) -> Response:
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The RFC 9457 document of an error code, from the table (a code missing from it becomes a 500)."""
     spec = ERROR_TABLE.get(code)
     if spec is None:  # a code missing from the table is a bug: never let it reach the client as itself
         log.error("error code %s has no row in the API error table", code)
@@ -164,12 +165,21 @@ def problem_response(
     body.update((k, v) for k, v in (extra or {}).items() if k not in _RESERVED)
     if violations is not None:
         body["violations"] = list(violations)
+    return body
+
+
+def problem_response(
+    code: str, detail: str, instance: str, *, violations: Sequence[Mapping[str, str]] | None = None,
+    headers: Mapping[str, str] | None = None, extra: Mapping[str, Any] | None = None,
+) -> Response:
+    body = problem_body(code, detail, instance, violations=violations, extra=extra)
+    code, status = body["code"], body["status"]
     all_headers = dict(headers or {})
     if code in _RETRYABLE:
         all_headers.setdefault("Retry-After", str(RETRY_AFTER_S))
-    if spec.status == 401:
+    if status == 401:
         all_headers.setdefault("WWW-Authenticate", 'Bearer realm="razao-api"')
-    return Response(json.dumps(body, separators=(",", ":")).encode(), status_code=spec.status,
+    return Response(json.dumps(body, separators=(",", ":")).encode(), status_code=status,
                     headers=all_headers, media_type=PROBLEM_MEDIA_TYPE)
 
 

@@ -4,7 +4,7 @@ strings (``"110.00"``), converted to centavos once, here at the edge."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StringConstraints
@@ -130,6 +130,11 @@ class BatchIn(RequestModel):
                                         description="Committed all together, in order, or not at all.")
 
 
+class BulkIn(RequestModel):
+    transfers: list[TransferIn] = Field(min_length=1, max_length=BATCH_TRANSFERS_MAX,
+                                        description="Each committed or refused on its own, in order.")
+
+
 # ---- responses ---------------------------------------------------------------------------------------------
 
 
@@ -198,6 +203,22 @@ class TransferOut(ResponseModel):
 class BatchOut(ResponseModel):
     transfers: list[TransferOut]
     position: int
+
+
+class BulkItemOut(ResponseModel):
+    index: int = Field(description="The transfer's place in the request.")
+    status: int = Field(description="201 when committed (or replayed), else the status its problem would have alone.")
+    replayed: bool = Field(default=False, description="Committed by an earlier request with the same key.")
+    transfer: TransferOut | None = None
+    problem: dict[str, Any] | None = Field(default=None, description="RFC 9457 problem details of a refusal.")
+
+
+class BulkOut(ResponseModel):
+    results: list[BulkItemOut]
+    committed: int
+    refused: int
+    position: int | None = Field(description="Highest log position among the committed transfers (for "
+                                             "read-your-writes); null when none was committed.")
 
 
 class Violation(BaseModel):

@@ -118,6 +118,64 @@ def test_batch_size_is_bounded(world: World) -> None:
     assert empty.status_code == 400
 
 
+def test_bulk_transfers_are_answered_one_by_one(world: World) -> None:
+    ana, bruno, carla = world.onboard(), world.onboard(), world.onboard("borrower")
+    world.deposit(ana["wallet_id"], "100.00")
+    bulk = {"transfers": [
+        {"debit_account_id": ana["wallet_id"], "credit_account_id": carla["wallet_id"], "valor": "60.00",
+         "code": 20, "reference": "loan:7"},
+        {"debit_account_id": ana["wallet_id"], "credit_account_id": bruno["wallet_id"], "valor": "50.00"},
+        {"debit_account_id": ana["wallet_id"], "credit_account_id": ana["wallet_id"], "valor": "1.00"},
+        {"debit_account_id": ana["wallet_id"], "credit_account_id": bruno["wallet_id"], "valor": "40.00"},
+    ]}
+    response = world.operator.post("/v1/bulk-transfers", json=bulk, headers={"Idempotency-Key": "bulk-1"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [r["status"] for r in body["results"]] == [201, 422, 422, 201]
+    assert [r["index"] for r in body["results"]] == [0, 1, 2, 3]
+    assert (body["committed"], body["refused"]) == (2, 2)
+    first, overdraft, same, last = body["results"]
+    assert first["transfer"]["idempotency_key"] == "bulk-1:0" and first["transfer"]["valor"] == "60.00"
+    assert overdraft["transfer"] is None
+    assert overdraft["problem"]["code"] == "LEDGER_INSUFFICIENT_FUNDS" and overdraft["problem"]["status"] == 422
+    assert overdraft["problem"]["type"] == "urn:razao:problem:ledger-insufficient-funds"
+    assert same["problem"]["code"] == "LEDGER_ACCOUNTS_MUST_BE_DIFFERENT"
+    assert body["position"] == last["transfer"]["position"] > first["transfer"]["position"]
+    assert world.balance(ana["wallet_id"])["posted"] == "0.00"
+    assert world.balance(bruno["wallet_id"])["posted"] == "40.00"
+
+    # The same request again: committed members replay, refused ones are decided afresh (still refused).
+    again = world.operator.post("/v1/bulk-transfers", json=bulk, headers={"Idempotency-Key": "bulk-1"})
+    assert again.status_code == 200
+    replayed = again.json()["results"]
+    assert [r["replayed"] for r in replayed] == [True, False, False, True]
+    assert [r["transfer"] for r in replayed] == [r["transfer"] for r in body["results"]]
+    assert world.balance(bruno["wallet_id"])["posted"] == "40.00"
+
+    # A member sent again with another amount under the same key: a conflict for that member only.
+    changed = {"transfers": [dict(bulk["transfers"][0], valor="61.00")]}
+    conflict = world.operator.post("/v1/bulk-transfers", json=changed, headers={"Idempotency-Key": "bulk-1"})
+    assert conflict.status_code == 200
+    problem = conflict.json()["results"][0]["problem"]
+    assert problem["code"] == "LEDGER_IDEMPOTENCY_CONFLICT" and problem["field"] == "transfers[0].valor"
+    assert conflict.json()["position"] is None
+
+
+def test_bulk_transfers_are_bounded_and_for_operators_and_services(world: World) -> None:
+    ana, bruno = world.onboard(), world.onboard()
+    leg = {"debit_account_id": ana["wallet_id"], "credit_account_id": bruno["wallet_id"], "valor": "0.01"}
+    too_many = world.operator.post("/v1/bulk-transfers", json={"transfers": [leg] * 1001},
+                                   headers={"Idempotency-Key": new_key()})
+    assert too_many.status_code == 400 and too_many.json()["violations"][0]["field"] == "transfers"
+    empty = world.operator.post("/v1/bulk-transfers", json={"transfers": []}, headers={"Idempotency-Key": new_key()})
+    assert empty.status_code == 400 and empty.json()["code"] == "API_VALIDATION_FAILED"
+    no_key = world.operator.post("/v1/bulk-transfers", json={"transfers": [leg]})
+    assert no_key.status_code == 400 and no_key.json()["code"] == "IDEMPOTENCY_KEY_REQUIRED"
+    customer = world.customer(ana).post("/v1/bulk-transfers", json={"transfers": [leg]},
+                                         headers={"Idempotency-Key": new_key()})
+    assert customer.status_code == 403 and customer.json()["code"] == "AUTH_FORBIDDEN"
+
+
 def test_hold_posted_partially_then_settled_holds_refuse_more(world: World) -> None:
     ana, carla = world.onboard(), world.onboard("borrower")
     world.deposit(ana["wallet_id"], "1000.00")

@@ -10,6 +10,7 @@ ROUTES = {
     ("post", "/v1/parties"), ("get", "/v1/parties/{party_id}"), ("post", "/v1/accounts"),
     ("get", "/v1/accounts/{account_id}"), ("get", "/v1/wallets/{account_id}"),
     ("post", "/v1/wallets/{account_id}/close"), ("post", "/v1/transfers"), ("post", "/v1/transfer-batches"),
+    ("post", "/v1/bulk-transfers"),
     ("post", "/v1/holds"), ("post", "/v1/holds/{hold_id}/post"), ("post", "/v1/holds/{hold_id}/void"),
     ("get", "/healthz"), ("get", "/readyz"),
 }

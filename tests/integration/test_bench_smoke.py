@@ -27,7 +27,8 @@ def report(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> dict
     path = tmp_path_factory.mktemp("bench") / "ledger.json"
     code = bench.main([
         "ledger", "--seconds", "1", "--warmup-seconds", "0.2", "--wallets", "500", "--clients", "16",
-        "--open-rate", "300", "--baseline-clients", "2,4", "--dsn", settings.pg_dsn, "--json", str(path),
+        "--open-rate", "300", "--batch-clients", "2", "--batch-size", "10", "--baseline-clients", "2,4",
+        "--dsn", settings.pg_dsn, "--json", str(path),
     ])
     assert code == 0, "the bench failed its consistency checks (exit code 3) or could not run"
     loaded: dict[str, Any] = json.loads(Path(path).read_text())
@@ -60,6 +61,8 @@ def test_report_has_every_field(report: dict[str, Any]) -> None:
     assert [(t["name"], t["driver"]) for t in report["targets"]] == [
         ("ledger random transfers/s", "threads"), ("ledger random / baseline", "threads"),
         ("hot / random", "threads"), ("ledger random p99 ms", "threads"), ("ledger hot p99 ms", "threads"),
+        ("ledger random transfers/s", "batched"), ("ledger random / baseline", "batched"),
+        ("hot / random", "batched"), ("ledger random p99 ms", "batched"), ("ledger hot p99 ms", "batched"),
     ]
     assert all(isinstance(t["pass"], bool) for t in report["targets"])
     assert isinstance(report["interference"]["clean"], bool)
@@ -73,7 +76,11 @@ def test_every_acknowledged_transfer_is_committed_once(report: dict[str, Any]) -
         assert checks["debits_centavos"] == checks["credits_centavos"]
         assert m["total_ok"] > 0
         assert checks["acknowledged_transfers"] == m["total_ok"] == checks["committed_transfers_in_store"]
-        assert checks["writer_committed_commands"] == m["total_ok"]
+        if m["driver"] == "batched":  # commands of 10 transfers, each answered on its own
+            assert m["clients"] == 2 and m["extra"]["transfers_per_command"] == 10
+            assert checks["writer_committed_commands"] * 10 == m["total_ok"] + m["total_refused"]
+        else:
+            assert checks["writer_committed_commands"] == m["total_ok"]
         assert m["errors"] == 0 and checks["no_answer_errors"] == 0
     for m in report["baseline"]:
         checks = m["checks"]

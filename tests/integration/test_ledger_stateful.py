@@ -32,7 +32,7 @@ from infra.postgres_store import PostgresTransferLookup, PostgresWriterLease, po
 from ledger import errors
 from ledger.application import LedgerApplication, ledger_env
 from ledger.chart import REQUIRED_FLAGS, AccountCode
-from ledger.model import CloseAccount, CreateLinkedTransfers, CreateTransfer, OpenAccount
+from ledger.model import CloseAccount, CreateLinkedTransfers, CreateTransfer, CreateTransfers, OpenAccount
 from ledger.writer import LedgerWriter
 
 pytestmark = pytest.mark.slow
@@ -238,6 +238,23 @@ def make_machine(dsn: str) -> type[RuleBasedStateMachine]:
             self.accounts[a].debits_posted += amount2
             self.accounts[b].credits_posted += amount2
             self.done.append((CreateLinkedTransfers((t1, t2)), results))
+
+        @rule(legs=st.lists(st.tuples(wallets, wallets, AMOUNTS), min_size=1, max_size=4))
+        def independent(self, legs: list[tuple[uuid.UUID, uuid.UUID, int]]) -> None:
+            """A CreateTransfers command: each transfer answered on its own, in order, as if sent alone."""
+            commands = tuple(CreateTransfer(self._key(), d, c, amount) for d, c, amount in legs)
+            outcomes = self.writer.execute(CreateTransfers(commands))
+            assert len(outcomes) == len(commands)
+            for command, outcome in zip(commands, outcomes, strict=True):
+                expected = self._expected_refusal(command.debit_account_id, command.credit_account_id,
+                                                  command.amount_centavos)
+                if isinstance(outcome, errors.LedgerError):
+                    assert outcome.code == expected, (outcome.code, expected, outcome.detail)
+                    continue
+                assert expected is None, f"expected {expected}"
+                self.accounts[command.debit_account_id].debits_posted += command.amount_centavos
+                self.accounts[command.credit_account_id].credits_posted += command.amount_centavos
+                self.done.append((command, outcome))  # replayed later as a single transfer: the same result
 
         @rule(wallet=wallets)
         def close(self, wallet: uuid.UUID) -> None:

@@ -29,12 +29,18 @@ from ledger.application import CHECKPOINT_ID, LedgerApplication, ledger_env
 from ledger.chart import REQUIRED_FLAGS, AccountCode
 from ledger.events import LedgerEvent, PendingTransferExpired, PendingTransferResolved, TransferCommitted
 from ledger.inmemory import InMemoryWriterLease, RecorderTransferLookup
-from ledger.limits import AMOUNT_CENTAVOS_MAX, BALANCE_CENTAVOS_MAX, LINKED_TRANSFERS_MAX
+from ledger.limits import (
+    AMOUNT_CENTAVOS_MAX,
+    BALANCE_CENTAVOS_MAX,
+    LINKED_TRANSFERS_MAX,
+    TRANSFERS_PER_COMMAND_MAX,
+)
 from ledger.model import (
     AccountResult,
     CloseAccount,
     CreateLinkedTransfers,
     CreateTransfer,
+    CreateTransfers,
     OpenAccount,
     TransferResult,
     chain_hash_of,
@@ -459,6 +465,72 @@ def test_linked_batch_partly_committed_before_is_a_key_conflict(funded: tuple[Le
     err = book.refuse(CreateLinkedTransfers((t("l1", rich, poor, 100), t("l2", rich, poor, 100))),
                       errors.IdempotencyConflict)
     assert err.context["field"] == "key" and err.context["key"] == "l2"
+
+
+def test_independent_transfers_each_get_their_own_answer(funded: tuple[Ledger, UUID, UUID, UUID]) -> None:
+    book, settlement, rich, poor = funded
+    count = book.event_count()
+    command = CreateTransfers((
+        t("m1", settlement, poor, 2_000),   # funds poor ...
+        t("m2", poor, rich, 1_500),         # ... so this one, after it, is affordable
+        t("m3", poor, rich, 600),           # poor has 500 left: refused alone
+        t("m4", rich, rich, 1),             # same accounts: refused alone
+        t("m5", rich, poor, 100),
+    ))
+    outcomes = book.writer.execute(command, timeout_s=WAIT_S)
+    assert [type(o) for o in outcomes] == [TransferResult, TransferResult, errors.InsufficientFunds,
+                                           errors.AccountsMustBeDifferent, TransferResult]
+    assert [o.position for o in outcomes if isinstance(o, TransferResult)] == [count + 1, count + 2, count + 3]
+    assert book.event_count() == count + 3  # the refused ones recorded nothing
+    assert book.available(poor) == 2_000 - 1_500 + 100
+    assert book.available(rich) == 10_000 + 1_500 - 100
+    # The same command again: the committed ones replay, the refused ones are decided afresh. m3 now commits
+    # (m5 left poor with 600), m4 is refused again.
+    again = book.writer.execute(command, timeout_s=WAIT_S)
+    assert [type(o) for o in again] == [TransferResult, TransferResult, TransferResult,
+                                        errors.AccountsMustBeDifferent, TransferResult]
+    assert [o.replayed for o in again if isinstance(o, TransferResult)] == [True, True, False, True]
+    assert [dataclasses.replace(o, replayed=False) for o in (again[0], again[1], again[4])] == [
+        o for o in outcomes if isinstance(o, TransferResult)]
+    assert again[2].position == count + 4
+    assert book.event_count() == count + 4
+    assert book.available(poor) == 0
+
+
+def test_independent_transfers_with_one_key_twice(funded: tuple[Ledger, UUID, UUID, UUID]) -> None:
+    book, _, rich, poor = funded
+    count = book.event_count()
+    outcomes = book.writer.execute(CreateTransfers((
+        t("d", rich, poor, 100), t("d", rich, poor, 100), t("d", rich, poor, 999),
+    )), timeout_s=WAIT_S)
+    first, second, third = outcomes
+    assert isinstance(first, TransferResult) and not first.replayed
+    assert isinstance(second, TransferResult) and second.replayed and second.position == first.position
+    assert isinstance(third, errors.IdempotencyConflict) and third.context["field"] == "amount_centavos"
+    assert book.event_count() == count + 1
+    assert book.available(poor) == 100
+
+
+@pytest.mark.parametrize(
+    ("size", "error"), [(0, errors.InvalidRequest), (TRANSFERS_PER_COMMAND_MAX + 1, errors.BatchTooLarge)],
+    ids=["empty", "too-large"],
+)
+def test_malformed_commands_of_transfers_are_refused(
+    funded: tuple[Ledger, UUID, UUID, UUID], size: int, error: type[errors.LedgerError]
+) -> None:
+    book, _, rich, poor = funded
+    book.refuse(CreateTransfers(tuple(t(f"s{i}", rich, poor, 1) for i in range(size))), error)
+    assert book.available(poor) == 0
+
+
+def test_independent_transfers_survive_a_restart(funded: tuple[Ledger, UUID, UUID, UUID]) -> None:
+    book, _, rich, poor = funded
+    book.writer.execute(CreateTransfers(tuple(t(f"r{i}", rich, poor, 10 + i) for i in range(50))), timeout_s=WAIT_S)
+    live = book.writer.state.fingerprint()
+    book.restart()
+    assert book.writer.state.fingerprint() == live
+    replay = book.writer.execute(CreateTransfers((t("r7", rich, poor, 17),)), timeout_s=WAIT_S)
+    assert replay[0].replayed
 
 
 @pytest.mark.parametrize(
