@@ -175,9 +175,17 @@ class Story:
         self.call("operator", "POST", f"/v1/holds/{hold2['id']}/void", key=next(self.keys),
                   say=lambda t: f"hold voided: R$ {t['valor']} released, nothing moved")
 
-        self.chapter("6. Carla tries to send more than she has")
+        self.chapter("6. Carla tries to send more than she has, then repays her investors in one bulk request")
         self.call("Carla", "POST", "/v1/transfers", {"debit_account_id": carla, "credit_account_id": ana,
                                                       "valor": "999.99"}, key=next(self.keys), say=self.moved)
+        self.call("operator", "POST", "/v1/bulk-transfers", {"transfers": [
+            {"debit_account_id": carla, "credit_account_id": ana, "valor": "30.00", "code": 22,
+             "reference": "loan:demo repayment"},
+            {"debit_account_id": carla, "credit_account_id": bruno, "valor": "30.00", "code": 22,
+             "reference": "loan:demo repayment"},
+            {"debit_account_id": carla, "credit_account_id": bruno, "valor": "5000.00", "code": 22,
+             "reference": "loan:demo repayment"},
+        ]}, key=next(self.keys), say=self.bulk_outcome)
 
         self.chapter("7. Money in and out by PIX, through the sandbox PSP")
         self.pix()
@@ -330,6 +338,11 @@ class Story:
     def move(self, who: str, debit: str, credit: str, valor: str, **extra: Any) -> None:
         self.call(who, "POST", "/v1/transfers", {"debit_account_id": debit, "credit_account_id": credit,
                                                   "valor": valor, **extra}, key=next(self.keys), say=self.moved)
+
+    def bulk_outcome(self, bulk: dict[str, Any]) -> str:
+        outcomes = ", ".join(f"R$ {r['transfer']['valor']} committed" if r["transfer"] else r["problem"]["code"]
+                             for r in bulk["results"])
+        return f"each transfer on its own: {outcomes}"
 
     def moved(self, transfer: dict[str, Any]) -> str:
         debit = self.names.get(transfer["debit_account_id"], "?")

@@ -20,9 +20,11 @@ def test_demo_runs_through_the_api(api: ApiServer, razao: RunRazao) -> None:
     assert "← 422 Unprocessable" in output and "LEDGER_INSUFFICIENT_FUNDS" in output
     table = output[output.index("account "):]
     rows = {line.split()[0]: line.split() for line in table.splitlines()[2:] if line.strip() and "Σ" not in line}
-    assert rows["Ana"][-1] == "699.50"  # 1000 - 120.50 - 180
-    assert rows["Bruno"][-1] == "170.50"  # 250 + 120.50 - 200
-    assert rows["Carla"][-1] == "376.00"  # 200 - 4 + 180
+    assert rows["Ana"][-1] == "729.50"  # 1000 - 120.50 - 180 + 30
+    assert rows["Bruno"][-1] == "200.50"  # 250 + 120.50 - 200 + 30
+    assert rows["Carla"][-1] == "316.00"  # 200 - 4 + 180 - 60
+    # The bulk repayment: two transfers committed, the third refused on its own.
+    assert "R$ 30.00 committed, R$ 30.00 committed, LEDGER_INSUFFICIENT_FUNDS" in output
     assert "the ledger balances" in output
 
 
