@@ -206,6 +206,8 @@ class LedgerBenchOptions:
         _require(0 < self.clients <= CLIENTS_MAX, f"clients must be 1..{CLIENTS_MAX}")
         _require(2 <= self.wallets <= WALLETS_MAX, f"wallets must be 2..{WALLETS_MAX}")
         _require(bool(self.drivers) and set(self.drivers) <= set(DRIVERS), f"drivers must be among {DRIVERS}")
+        # A driver run twice would send the same keys again: replays, not new transfers.
+        _require(len(set(self.drivers)) == len(self.drivers), "each driver may be named once")
         _require(0 < self.open_rate_per_s <= OPEN_RATE_PER_S_MAX, "open rate out of range")
         _require(0 < self.commands_max <= GROUP_COMMIT_COMMANDS_MAX,
                  f"commands_max must be 1..{GROUP_COMMIT_COMMANDS_MAX}")

@@ -108,3 +108,15 @@ def test_cli_registers_bench_ledger() -> None:
     options = bench.options_from(args)
     assert (options.seconds, options.clients, options.drivers) == (3.0, 8, bench.DRIVERS)
     assert options.command_line() == "razao bench ledger --seconds 3 --clients 8"
+
+
+def test_a_driver_named_twice_is_refused() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="razao")
+    bench.register_cli(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["bench", "ledger", "--drivers", "batched,batched"])
+    # Run twice, a driver would send the same keys again and measure replays instead of transfers.
+    with pytest.raises(ValueError, match="once"):
+        bench.options_from(args)
+    assert bench.run_ledger_cli(args) == 2
