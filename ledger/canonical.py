@@ -11,6 +11,7 @@ paths on arbitrary text, integers and every event type.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -34,14 +35,22 @@ def _agrees(value: Any, allowed: frozenset[type]) -> bool:
     return kind in allowed or (kind is list and all(type(x) is int for x in value))
 
 
+def _all_agree(values: Iterable[Any], allowed: frozenset[type]) -> bool:
+    """``all(_agrees(v, allowed) for v in values)`` without a call per value (the writer's hot path)."""
+    for value in values:
+        kind = type(value)
+        if kind not in allowed and not (kind is list and all(type(x) is int for x in value)):
+            return False
+    return True
+
+
 def chain_text(previous_hash: str, event_type: str, originator_id: UUID, version: int,
                body: dict[str, Any]) -> bytes:
     """``json.dumps([previous_hash, event_type, str(originator_id), version, body], sort_keys=True,
     default=str, separators=(",", ":"))`` encoded as ASCII: the text the chain hash is taken over."""
     item = [previous_hash, event_type, str(originator_id), version, body]
-    if type(version) is int and type(previous_hash) is str and type(event_type) is str and all(
-        _agrees(value, _CHAIN_ALLOWED) for value in body.values()
-    ):
+    if (type(version) is int and type(previous_hash) is str and type(event_type) is str
+            and _all_agree(body.values(), _CHAIN_ALLOWED)):
         try:
             # datetimes are passed through to ``default=str``, exactly as the standard encoder does.
             text = orjson.dumps(item, default=str, option=_CHAIN_FAST)
@@ -61,6 +70,8 @@ def stored_text(state: dict[str, Any]) -> bytes:
     plain = True
     for key, value in state.items():  # replaces values only: the dict keeps its size and order
         kind = type(value)
+        if kind in _PLAIN:
+            continue
         if kind is UUID:
             state[key] = {"_type_": "uuid_hex", "_data_": value.hex}
         elif kind is datetime:
