@@ -7,12 +7,15 @@ report says so: the bench measures the write path, not the limiter's refusals (t
 
 Setup (untimed): an operator opens a PIX settlement account, onboards ``--wallets`` investors and funds each
 wallet from settlement. Load (timed): ``--clients`` keep-alive HTTP/1.1 connections, each a closed loop of
-``POST /v1/transfers`` between two random wallets with a unique ``Idempotency-Key``. The client is a lean
+``POST /v1/transfers`` between two random wallets with a unique ``Idempotency-Key`` (with ``--bulk N``, of
+``POST /v1/bulk-transfers`` with N such transfers per request; the result counts transfers, the latency
+requests). The client is a lean
 asyncio one with hand-written request bytes (an HTTP library would measure itself on these 2 cores); it shares
 the machine with the server and Postgres, so its own CPU use is reported next to the result.
 
 After the run, Postgres counts ``TransferCommitted`` events in the bench database: they must equal the setup
-transfers plus every 201 the API sent (durability: nothing acknowledged is missing, nothing extra was written).
+transfers plus every transfer the API acknowledged (a 201, or a committed result of a bulk request): nothing
+acknowledged is missing, nothing extra was written.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from typing import Any
 import psycopg
 
 from commands.api.auth import ensure_dev_keys, mint_token
+from commands.api.limits import BATCH_TRANSFERS_MAX
 from infra.processes import free_port
 from infra.settings import database_name, drop_database, ensure_database, load_settings, with_database
 
@@ -82,6 +86,9 @@ def register_cli(subsystems: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--wallets", type=int, default=1_000, help="investor wallets (default 1000)")
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write every number to this file")
     p.add_argument("--seed", type=int, default=1, help="random seed of the workload (default 1)")
+    p.add_argument("--bulk", type=int, default=0, metavar="N",
+                   help="send N transfers per request to POST /v1/bulk-transfers instead of one per POST "
+                        "/v1/transfers (default 0: one per request)")
     p.add_argument("--dsn", default=None, help="Postgres server to use (default: the configured one); the bench "
                                                "creates and drops its own database there")
     p.add_argument("--fail-on-miss", action="store_true", help="exit 1 when a target is missed")
@@ -98,8 +105,11 @@ class ApiBenchOptions:
     seed: int = 1
     dsn: str | None = None
     fail_on_miss: bool = False
+    bulk: int = 0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.bulk <= BATCH_TRANSFERS_MAX:
+            raise ValueError(f"--bulk must be in [0, {BATCH_TRANSFERS_MAX}]")
         if not 0 < self.seconds <= SECONDS_MAX:
             raise ValueError(f"--seconds must be in (0, {SECONDS_MAX:.0f}]")
         if not 0 <= self.warmup_seconds <= SECONDS_MAX:
@@ -111,14 +121,15 @@ class ApiBenchOptions:
 
     def command_line(self) -> str:
         line = (f"razao bench api --seconds {self.seconds:g} --warmup-seconds {self.warmup_seconds:g} "
-                f"--clients {self.clients} --wallets {self.wallets} --seed {self.seed}")
+                f"--clients {self.clients} --wallets {self.wallets} --seed {self.seed}"
+                + (f" --bulk {self.bulk}" if self.bulk else ""))
         return line + (f" --json {self.json_path}" if self.json_path else "")
 
 
 def run_api_cli(args: argparse.Namespace) -> int:
     try:
         options = ApiBenchOptions(args.seconds, args.warmup_seconds, args.clients, args.wallets, args.json,
-                                  args.seed, args.dsn, args.fail_on_miss)
+                                  args.seed, args.dsn, args.fail_on_miss, args.bulk)
     except ValueError as exc:
         print(f"razao bench api: {exc}", file=sys.stderr)
         return 2
@@ -319,14 +330,32 @@ async def setup(server: ApiProcess, authorization: str, wallets: int, seed: int)
 class LoadResult:
     window_s: float
     latencies_ms: list[float]  # requests sent and answered inside the window
-    ok_in_window: int
+    ok_in_window: int  # transfers committed by requests answered inside the window
     statuses_in_window: Counter[int]
-    acknowledged_total: int  # every 201, warm-up and tail included (for the durability check)
+    acknowledged_total: int  # every committed transfer, warm-up and tail included (for the durability check)
     statuses_total: Counter[int]
     transport_errors: int
     client_cpu_s: float
     server_cpu_s: float
     machine_busy_s: float
+
+
+def _transfer_body(rng: random.Random, wallet_ids: list[bytes]) -> bytes:
+    n = len(wallet_ids)
+    debit = rng.randrange(n)
+    credit = rng.randrange(n - 1)
+    credit += credit >= debit
+    cents = rng.randint(1, TRANSFER_CENTAVOS_MAX)
+    return (b'{"debit_account_id":"' + wallet_ids[debit] + b'","credit_account_id":"' + wallet_ids[credit]
+            + b'","valor":"' + f"{cents // 100}.{cents % 100:02d}".encode() + b'"}')
+
+
+def _request(rng: random.Random, wallet_ids: list[bytes], bulk: int) -> tuple[str, bytes]:
+    """One random transfer for ``POST /v1/transfers``, or ``bulk`` of them for ``POST /v1/bulk-transfers``."""
+    if not bulk:
+        return "/v1/transfers", _transfer_body(rng, wallet_ids)
+    transfers = b",".join(_transfer_body(rng, wallet_ids) for _ in range(bulk))
+    return "/v1/bulk-transfers", b'{"transfers":[' + transfers + b"]}"
 
 
 async def load(server: ApiProcess, authorization: str, wallet_ids: list[str], options: ApiBenchOptions,
@@ -338,7 +367,7 @@ async def load(server: ApiProcess, authorization: str, wallet_ids: list[str], op
     for connection in connections:  # connect before the clock starts
         status, _ = await connection.request("GET", "/healthz")
         assert status == 200
-    records: list[tuple[int, int, int]] = []  # (sent ns, answered ns, status)
+    records: list[tuple[int, int, int, int]] = []  # (sent ns, answered ns, status, transfers committed)
     transport_errors = 0
     start_ns = time.perf_counter_ns()
     window_start_ns = start_ns + int(options.warmup_seconds * 1e9)
@@ -348,26 +377,23 @@ async def load(server: ApiProcess, authorization: str, wallet_ids: list[str], op
     async def client(index: int, connection: HttpConnection) -> None:
         nonlocal transport_errors
         sequence = 0
-        n = len(bodies_ids)
         while True:
             sent = time.perf_counter_ns()
             if sent >= window_end_ns:
                 return
-            debit = rng.randrange(n)
-            credit = rng.randrange(n - 1)
-            credit += credit >= debit
-            cents = rng.randint(1, TRANSFER_CENTAVOS_MAX)
-            body = (b'{"debit_account_id":"' + bodies_ids[debit] + b'","credit_account_id":"' + bodies_ids[credit]
-                    + b'","valor":"' + f"{cents // 100}.{cents % 100:02d}".encode() + b'"}')
+            path, body = _request(rng, bodies_ids, options.bulk)
             sequence += 1
             try:
-                status, _ = await connection.request("POST", "/v1/transfers", body,
-                                                     f"bench-{run_id}-{index}-{sequence}")
+                status, payload = await connection.request("POST", path, body, f"bench-{run_id}-{index}-{sequence}")
             except (OSError, asyncio.IncompleteReadError, ValueError):
                 transport_errors += 1
                 await connection.close()
                 continue
-            records.append((sent, time.perf_counter_ns(), status))
+            if options.bulk:
+                committed = int(json.loads(payload)["committed"]) if status == 200 else 0
+            else:
+                committed = 1 if status == 201 else 0
+            records.append((sent, time.perf_counter_ns(), status, committed))
 
     await asyncio.gather(*(client(i, c) for i, c in enumerate(connections)))
     cpu1, server_cpu1, busy1 = time.process_time(), process_cpu_s(server.process.pid), machine_busy_s()
@@ -377,15 +403,17 @@ async def load(server: ApiProcess, authorization: str, wallet_ids: list[str], op
     in_window: Counter[int] = Counter()
     total: Counter[int] = Counter()
     ok_in_window = 0
-    for sent, answered, status in records:
+    acknowledged = 0
+    for sent, answered, status, committed in records:
         total[status] += 1
+        acknowledged += committed
         if sent >= window_start_ns and answered <= window_end_ns:
             latencies.append((answered - sent) / 1e6)
             in_window[status] += 1
-        if status == 201 and window_start_ns <= answered <= window_end_ns:
-            ok_in_window += 1
+        if window_start_ns <= answered <= window_end_ns:
+            ok_in_window += committed
     latencies.sort()
-    return LoadResult(options.seconds, latencies, ok_in_window, in_window, total[201], total, transport_errors,
+    return LoadResult(options.seconds, latencies, ok_in_window, in_window, acknowledged, total, transport_errors,
                       cpu1 - cpu0, server_cpu1 - server_cpu0, busy1 - busy0)
 
 
@@ -489,6 +517,7 @@ def build_report(options: ApiBenchOptions, durability: dict[str, str], setup_s: 
         "server": durability,
         "options": {"seconds": options.seconds, "warmup_seconds": options.warmup_seconds,
                     "clients": options.clients, "wallets": options.wallets, "seed": options.seed,
+                    "transfers_per_request": options.bulk or 1,
                     "rate_limits_raised_to": BENCH_RATE_LIMITS},
         "setup_s": round(setup_s, 3),
         "window_s": r.window_s,
@@ -496,7 +525,9 @@ def build_report(options: ApiBenchOptions, durability: dict[str, str], setup_s: 
         "latency_ms": {"p50": round(p50, 2), "p99": round(p99, 2), "max": round(lat[-1] if lat else 0.0, 2),
                        "mean": round(sum(lat) / len(lat), 2) if lat else 0.0, "count": len(lat)},
         "ok": r.ok_in_window,
-        "non_201_by_status": {str(s): n for s, n in sorted(r.statuses_in_window.items()) if s != 201},
+        # Answers other than the route's success status (201 for one transfer, 200 for a bulk request).
+        "non_201_by_status": {str(s): n for s, n in sorted(r.statuses_in_window.items())
+                              if s != (200 if options.bulk else 201)},
         "statuses_total": {str(s): n for s, n in sorted(r.statuses_total.items())},
         "transport_errors": r.transport_errors,
         "client_cpu": {"seconds": round(r.client_cpu_s, 2), "cores": round(r.client_cpu_s / elapsed, 2)},

@@ -67,3 +67,21 @@ def test_cli_registers_bench_api() -> None:
     args = parser.parse_args(["bench", "api", "--seconds", "3", "--json", "out.json", "--clients", "8"])
     assert args.func is bench_api.run_api_cli
     assert (args.seconds, args.clients, args.json) == (3.0, 8, Path("out.json"))
+
+
+def test_bulk_requests_count_their_committed_transfers(settings: Settings, tmp_path: Path) -> None:
+    path = tmp_path / "bulk.json"
+    code = bench.main(["api", "--seconds", "1", "--warmup-seconds", "0.2", "--clients", "2", "--wallets", "20",
+                       "--bulk", "10", "--dsn", settings.pg_dsn, "--json", str(path)])
+    assert code == 0, "the bulk bench failed its consistency checks (exit code 3) or could not run"
+    report = json.loads(path.read_text())
+    assert report["command"].endswith("--bulk 10 --json " + str(path))
+    assert report["options"]["transfers_per_request"] == 10
+    requests = report["statuses_total"]["200"]
+    # Every request answered 200 and committed its 10 transfers (wallets start with enough for all of them);
+    # Postgres holds exactly those.
+    assert report["non_201_by_status"] == {} and report["transport_errors"] == 0
+    assert report["checks"]["passed"], report["checks"]
+    assert report["checks"]["acknowledged_total"] == 10 * requests
+    assert report["checks"]["committed_total"] == 20 + 10 * requests
+    assert report["ok"] % 10 == 0 and report["transfers_per_s"] > 0
