@@ -2,7 +2,9 @@
 
 Each request is counted twice, in one Redis round trip: against its principal (limits by tier, customer or
 internal, stricter on money routes) and against its client address. Requests with a bad or no token count
-against their address only, so token guessing is limited too.
+against their address only, so token guessing is limited too. A request that moves many transfers (a linked
+batch, a bulk request) is then charged its other transfers against its principal's money limit (``charge``):
+principal limits count money movements, address limits count requests.
 
 The round trip is a pipeline of the `limits` package's own moving-window script (``acquire_moving_window``) on
 its own keys, sent through its own client over a bounded connection pool: the data in Redis is exactly what
@@ -47,6 +49,7 @@ class _Check:
     scope: str
     item: limits.RateLimitItem
     identifiers: tuple[str, ...]
+    cost: int = 1
 
 
 class RateLimiter:
@@ -69,7 +72,7 @@ class RateLimiter:
                                   key_prefix=settings.api_rate_limit_key_prefix, connection_pool=pool)  # type: ignore[arg-type]
         self._client = self.redis.bridge.get_connection()
         self._acquire_script = self.redis.bridge.lua_acquire_moving_window
-        self._pending: list[tuple[str, int, int, asyncio.Future[bool]]] = []
+        self._pending: list[tuple[str, int, int, int, asyncio.Future[bool]]] = []
         self._flush_scheduled = False
         self._flushes: set[asyncio.Task[None]] = set()
         self.memory = MemoryStorage()
@@ -105,6 +108,17 @@ class RateLimiter:
         if principal is not None:
             tier: Tier = "customer" if principal.is_customer else "internal"
             checks.append(_Check(tier, self.items[(tier, money)], ("p", "money" if money else "all", principal.sub)))
+        await self._enforce(checks)
+
+    async def charge(self, principal: Principal, cost: int) -> None:
+        """Counts ``cost`` more money movements against the principal (the rest of a request of many transfers,
+        after ``check`` counted its first). All or nothing: a refusal counts none of them."""
+        if cost <= 0:
+            return
+        tier: Tier = "customer" if principal.is_customer else "internal"
+        await self._enforce([_Check(tier, self.items[(tier, True)], ("p", "money", principal.sub), cost)])
+
+    async def _enforce(self, checks: list[_Check]) -> None:
         allowed = await self._hit(checks)
         for check, ok in zip(checks, allowed, strict=True):
             if not ok:
@@ -117,7 +131,7 @@ class RateLimiter:
                 return await self._redis_hit(checks)
             except Exception as exc:  # any storage failure: fall back rather than fail the request
                 self._degrade(f"Redis failed: {exc!r}")
-        return [await self._memory_limiter.hit(c.item, *c.identifiers) for c in checks]
+        return [await self._memory_limiter.hit(c.item, *c.identifiers, cost=c.cost) for c in checks]
 
     async def _redis_hit(self, checks: list[_Check]) -> list[bool]:
         """``MovingWindowRateLimiter.hit`` for every check, coalesced with the checks of concurrent requests."""
@@ -126,7 +140,7 @@ class RateLimiter:
         for c in checks:
             future: asyncio.Future[bool] = loop.create_future()
             key = self.redis.bridge.prefixed_key(c.item.key_for(*c.identifiers))
-            self._pending.append((key, c.item.amount, c.item.get_expiry(), future))
+            self._pending.append((key, c.item.amount, c.item.get_expiry(), c.cost, future))
             futures.append(future)
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -148,7 +162,7 @@ class RateLimiter:
         self._flushes.add(task)
         task.add_done_callback(self._flushes.discard)
 
-    async def _flush(self, batch: list[tuple[str, int, int, asyncio.Future[bool]]]) -> None:
+    async def _flush(self, batch: list[tuple[str, int, int, int, asyncio.Future[bool]]]) -> None:
         """One pipeline for every check queued during one turn of the event loop (see the module doc)."""
         try:
             results = await self._pipeline(batch)
@@ -161,12 +175,12 @@ class RateLimiter:
             if not future.done():
                 future.set_result(bool(acquired))
 
-    async def _pipeline(self, batch: list[tuple[str, int, int, asyncio.Future[bool]]]) -> list[object]:
+    async def _pipeline(self, batch: list[tuple[str, int, int, int, asyncio.Future[bool]]]) -> list[object]:
         for attempt in (1, 2):
             now = time.time()
             pipeline = self._client.pipeline(transaction=False)
-            for key, amount, expiry, _ in batch:
-                pipeline.execute_command("EVALSHA", self._acquire_script.sha, 1, key, now, amount, expiry, 1)
+            for key, amount, expiry, cost, _ in batch:
+                pipeline.execute_command("EVALSHA", self._acquire_script.sha, 1, key, now, amount, expiry, cost)
             try:
                 return list(await pipeline.execute())
             except redis.exceptions.NoScriptError:
@@ -194,7 +208,8 @@ class RateLimiter:
             "RateLimit-Policy": f"{check.item.amount};w={window_s}",
         }
         who = "this client address" if check.scope == "address" else "this principal"
-        return ApiError("API_RATE_LIMITED", f"rate limit of {check.item} exceeded for {who}; retry later",
+        what = f" by this request's {check.cost + 1} transfers" if check.cost > 1 else ""
+        return ApiError("API_RATE_LIMITED", f"rate limit of {check.item} exceeded for {who}{what}; retry later",
                         headers=headers)
 
     def _degrade(self, reason: str) -> None:

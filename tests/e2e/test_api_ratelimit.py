@@ -54,6 +54,29 @@ def test_address_limit_counts_requests_without_a_valid_token(limited_api: ApiSer
     assert "address" in responses[20].json()["detail"]
 
 
+def _bulk(client: httpx.Client, count: int, path: str = "/v1/bulk-transfers") -> httpx.Response:
+    leg = {"debit_account_id": str(uuid.uuid4()), "credit_account_id": str(uuid.uuid4()), "valor": "1.00"}
+    return client.post(path, headers={"Idempotency-Key": new_key()}, json={"transfers": [leg] * count})
+
+
+def test_requests_of_many_transfers_count_each_transfer_against_the_principal(limited_api: ApiServer) -> None:
+    # TINY_LIMITS: operators (internal tier) may move money 30 times a minute; an address may send 20 requests.
+    operator = limited_api.client("operator", f"ops-{uuid.uuid4().hex[:8]}")
+    first = _bulk(operator, 25)
+    assert first.status_code == 200, first.text  # 25 of 30: each transfer refused by the ledger, but counted
+    assert first.json()["refused"] == 25
+    over = _bulk(operator, 10)  # 25 + 10 > 30: refused whole, before the ledger
+    assert over.status_code == 429 and over.json()["code"] == "API_RATE_LIMITED"
+    assert "10 transfers" in over.json()["detail"] and over.headers["RateLimit-Limit"] == "30"
+    assert int(over.headers["Retry-After"]) >= 1
+    # A refused request counted only its first transfer (26 now): a linked batch of 4 still fits, one of 5 not.
+    assert _bulk(operator, 4, "/v1/transfer-batches").status_code == 422  # unknown accounts: the ledger said so
+    assert _bulk(operator, 5, "/v1/transfer-batches").status_code == 429
+    # Another operator has a counter of its own.
+    other = limited_api.client("operator", f"ops-{uuid.uuid4().hex[:8]}")
+    assert _bulk(other, 30).status_code == 200
+
+
 def test_redis_down_falls_back_to_in_process_limits(redisless_api: ApiServer) -> None:
     ready = httpx.get(f"{redisless_api.url}/readyz")
     assert ready.status_code == 200 and ready.json()["rate_limits"] == "memory-fallback"
@@ -63,6 +86,9 @@ def test_redis_down_falls_back_to_in_process_limits(redisless_api: ApiServer) ->
     client, wallet = _customer(redisless_api)
     assert [_pay(client, wallet).status_code for _ in range(3)].count(429) == 0
     _assert_429(_pay(client, wallet))  # and still protected
+    # Requests of many transfers are weighed in process too (operators: 30 money movements a minute).
+    assert _bulk(operator, 30).status_code == 200
+    assert _bulk(operator, 2).status_code == 429
     metrics = httpx.get(f"{redisless_api.url}/metrics").text
     assert "razao_api_rate_limit_degraded 1.0" in metrics
     assert "razao_api_rate_limit_fallbacks_total 1.0" in metrics

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from commands.api.auth import Principal
-from commands.api.deps import IdempotencyKey, Ledger, Mover, Payer
+from commands.api.deps import Context, IdempotencyKey, Ledger, Mover, Payer
 from commands.api.errors import ApiError, api_field, ledger_context, problem_body
 from commands.api.gateway import LedgerGateway
 from commands.api.models import BatchIn, BatchOut, BulkIn, BulkItemOut, BulkOut, TransferIn, TransferOut
@@ -64,11 +64,13 @@ async def create_transfer(body: TransferIn, principal: Payer, key: IdempotencyKe
 
 @router.post("/v1/transfer-batches", status_code=201, response_model=BatchOut, responses=WRITE_PROBLEMS,
              summary="Commit linked transfers: all or none")
-async def create_batch(body: BatchIn, principal: Mover, key: IdempotencyKey, ledger: Ledger) -> Response:
+async def create_batch(body: BatchIn, principal: Mover, key: IdempotencyKey, ledger: Ledger, context: Context,
+                       ) -> Response:
     """Transfers committed together, in order (each sees the ones before it), or not at all. Member ``i`` is
     stored under the key ``<Idempotency-Key>:i``. A refusal (422 ``LEDGER_LINKED_BATCH_FAILED``) lists the
-    result of every member in ``results``."""
+    result of every member in ``results``. Each member counts against the caller's money rate limit."""
     command = CreateLinkedTransfers(tuple(_command(principal, key, t, i) for i, t in enumerate(body.transfers)))
+    await context.limiter.charge(principal, len(body.transfers) - 1)
     try:
         results: list[TransferResult] = await ledger.execute(command)
     except ledger_errors.IdempotencyConflict as exc:
@@ -80,15 +82,17 @@ async def create_batch(body: BatchIn, principal: Mover, key: IdempotencyKey, led
 
 @router.post("/v1/bulk-transfers", status_code=200, response_model=BulkOut, responses=WRITE_PROBLEMS,
              summary="Commit independent transfers: each on its own")
-async def create_bulk(body: BulkIn, principal: Mover, key: IdempotencyKey, ledger: Ledger, request: Request,
-                      ) -> Response:
+async def create_bulk(body: BulkIn, principal: Mover, key: IdempotencyKey, ledger: Ledger, *, request: Request,
+                      context: Context) -> Response:
     """Many transfers in one request, each decided on its own and in order (each sees the ones before it), as
     TigerBeetle's ``create_transfers``: one refusal never affects the others. Member ``i`` is stored under the key
     ``<Idempotency-Key>:i``, so retrying the request replays what was committed and decides again what was
     refused. The answer is 200 with one result per transfer: ``status`` 201 and the ``transfer``, or the status
     and ``problem`` the transfer would have got alone. Sending many transfers per request costs the ledger far
-    less per transfer than one request each (docs/benchmarks.md)."""
+    less per transfer than one request each (docs/benchmarks.md). Each transfer counts against the caller's money
+    rate limit; a request over it is refused whole (429), and nothing of it is decided."""
     command = CreateTransfers(tuple(_command(principal, key, t, i) for i, t in enumerate(body.transfers)))
+    await context.limiter.charge(principal, len(body.transfers) - 1)
     outcomes: list[TransferResult | ledger_errors.LedgerError] = await ledger.execute(command)
     results = [_bulk_item(i, outcome, request.url.path) for i, outcome in enumerate(outcomes)]
     committed = [r.transfer for r in results if r.transfer is not None]
