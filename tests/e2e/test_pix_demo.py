@@ -20,5 +20,5 @@ def test_the_demo_deposits_and_withdraws_through_the_sandbox(pix: PixPlatform, r
     assert "POST /v1/withdrawals" in output and "← COMPLETED at the primary PSP" in output
     table = output[output.index("account "):]
     rows = {line.split()[0]: line.split() for line in table.splitlines()[2:] if line.strip() and "Σ" not in line}
-    assert rows["Ana"][-1] == "999.50"  # 699.50 as before, + 500.00 deposited by PIX - 200.00 withdrawn
+    assert rows["Ana"][-1] == "1029.50"  # 729.50 as before, + 500.00 deposited by PIX - 200.00 withdrawn
     assert "the ledger balances" in output
