@@ -50,6 +50,8 @@ class LedgerMapper(Mapper[UUID]):
     (``{"_type_": "uuid_hex", ...}``, ``{"_type_": "datetime_iso", ...}``), and the state is encoded with the
     transcoder's settings (``ledger.canonical.stored_text``). Anything else (a nested UUID, another type, a
     compressor or cipher) takes the library's path. A test checks both paths give identical bytes for every event type.
+    Checkpoints take the same path: their rows are lists of plain values, which orjson encodes in a few
+    milliseconds where the standard encoder holds the interpreter lock for tens (10,000 accounts).
     """
 
     def __init__(self, transcoder: Transcoder, compressor: Compressor | None = None,
@@ -62,7 +64,7 @@ class LedgerMapper(Mapper[UUID]):
         )
 
     def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
-        if not self.fast or not isinstance(domain_event, LedgerEvent):
+        if not self.fast or not isinstance(domain_event, LedgerEvent | LedgerCheckpoint):
             return super().to_stored_event(domain_event)
         cls = type(domain_event)
         state = dict(vars(domain_event))

@@ -3,7 +3,8 @@
 Both are defined by the standard library's ``json`` (``chain_text``'s rule is what auditors recompute, see
 docs/events.md). On the writer's hot path the same bytes come from ``orjson``, which is several times faster,
 but only where the two encoders provably agree: values of plain types (str, int, bool, None, UUID, datetime,
-lists of ints) and, for the ASCII-only chain text, an output with no byte the standard encoder would escape.
+lists of ints; in the stored state also lists and string-keyed dicts of plain values, as a checkpoint's rows) and,
+for the ASCII-only chain text, an output with no byte the standard encoder would escape.
 Anything else takes the ``json`` path, so the bytes never depend on which encoder ran. The tests compare both
 paths on arbitrary text, integers and every event type.
 """
@@ -26,13 +27,32 @@ _STORED_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encod
 _CHAIN_FAST = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
 _PLAIN: frozenset[type] = frozenset({str, int, bool, type(None)})
 _CHAIN_ALLOWED: frozenset[type] = _PLAIN | {UUID, datetime}
-_DEL = b"\x7f"  # the one ASCII byte the standard encoder escapes with ensure_ascii and orjson does not
+_DEL = b"\x7f"
+#: How deep ``_plain_tree`` looks into nested lists and dicts (a checkpoint's rows are two levels deep).
+_NESTING_MAX = 4  # the one ASCII byte the standard encoder escapes with ensure_ascii and orjson does not
 
 
 def _agrees(value: Any, allowed: frozenset[type]) -> bool:
     """Whether both encoders write ``value`` alike: an ``allowed`` type or a list of ints (the balances)."""
     kind = type(value)
     return kind in allowed or (kind is list and all(type(x) is int for x in value))
+
+
+def _plain_tree(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` is a plain value, or lists and string-keyed dicts of them, nested at most
+    ``_NESTING_MAX`` deep: what both encoders write alike in the stored state (``ensure_ascii=False``)."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return True
+    if depth >= _NESTING_MAX:
+        return False
+    if kind is list:
+        if set(map(type, value)) <= _PLAIN:  # the common case (a row), without a call per item
+            return True
+        return all(_plain_tree(item, depth + 1) for item in value)
+    if kind is dict:
+        return all(type(key) is str and _plain_tree(item, depth + 1) for key, item in value.items())
+    return False
 
 
 def _all_agree(values: Iterable[Any], allowed: frozenset[type]) -> bool:
@@ -65,8 +85,9 @@ def chain_text(previous_hash: str, event_type: str, originator_id: UUID, version
 def stored_text(state: dict[str, Any]) -> bytes:
     """An event's stored state as the library's JSON transcoder writes it: each top-level UUID and datetime
     wrapped (``{"_type_": "uuid_hex", ...}``, ``{"_type_": "datetime_iso", ...}``, in place: ``state`` must be
-    the caller's own copy), compact, UTF-8. Raises ``TypeError`` for any value the transcoder would transcode
-    otherwise (a nested UUID, another type): the caller then takes the library's own path."""
+    the caller's own copy), compact, UTF-8. Anything else that is not a plain value, or lists and string-keyed
+    dicts of them, is encoded by the standard encoder, which writes what the transcoder would for those types and
+    raises ``TypeError`` for others (a nested UUID, another type): the caller then takes the library's own path."""
     plain = True
     for key, value in state.items():  # replaces values only: the dict keeps its size and order
         kind = type(value)
@@ -76,8 +97,8 @@ def stored_text(state: dict[str, Any]) -> bytes:
             state[key] = {"_type_": "uuid_hex", "_data_": value.hex}
         elif kind is datetime:
             state[key] = {"_type_": "datetime_iso", "_data_": value.isoformat()}
-        elif not _agrees(value, _PLAIN):
-            plain = False  # e.g. a dict or a float: the standard encoder decides, or refuses
+        elif not _plain_tree(value):
+            plain = False  # e.g. a float or a nested UUID: the standard encoder decides, or refuses
     if plain:
         try:
             return orjson.dumps(state)

@@ -87,3 +87,24 @@ def test_a_transfers_texts_do_not_fall_back(monkeypatch: pytest.MonkeyPatch) -> 
     state = {"timestamp": now, "key": "pedido:42", "reference": "ação ✓", "debit_after": [0, 1_000, 0, 5_000],
              "debit_account_id": account}
     assert stored_text(state).startswith(b'{"timestamp":{"_type_":"datetime_iso"')
+
+
+_trees = st.recursive(_scalars, lambda children: st.lists(children, max_size=4)
+                      | st.dictionaries(st.text(max_size=6), children, max_size=4), max_leaves=24)
+
+
+@given(state=st.dictionaries(_keys, _trees | st.uuids() | _datetimes, max_size=6))
+def test_nested_lists_and_dicts_are_stored_as_the_standard_encoder_writes_them(state: dict[str, Any]) -> None:
+    """A checkpoint's rows: lists and string-keyed dicts of plain values, at any depth (deep ones fall back)."""
+    assert stored_text(dict(state)) == _stored_reference(state)
+
+
+def test_a_checkpoints_rows_do_not_fall_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(_: object) -> str:
+        raise AssertionError("fell back to the standard encoder")
+
+    monkeypatch.setattr(canonical, "_STORED_JSON", refuse)
+    rows = [[str(uuid.uuid4()), 986, 2, 0, "wallet \"ana\"\n", 0, 10, 0, 25, 3, None] for _ in range(3)]
+    state = {"timestamp": datetime.now(UTC), "position": 7, "chain_hash": "ab" * 32, "accounts": rows,
+             "pending": [], "pix": {"deposits": "eJz=", "received": ""}}
+    assert stored_text(state).startswith(b'{"timestamp":{"_type_":"datetime_iso"')

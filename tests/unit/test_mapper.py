@@ -77,3 +77,27 @@ def test_a_value_the_fast_path_does_not_know_takes_the_librarys_path(
     # A UUID nested in a list is not wrapped by the fast path; the library's transcoder handles it.
     odd = dataclasses.replace(event, debit_after=[uuid.uuid4()])  # type: ignore[list-item]
     assert ours.to_stored_event(odd) == library.to_stored_event(odd)
+
+
+def test_a_checkpoint_takes_the_fast_path_with_the_librarys_bytes(
+        mappers: tuple[Mapper[uuid.UUID], Mapper[uuid.UUID]], monkeypatch: pytest.MonkeyPatch) -> None:
+    from ledger import canonical
+    from ledger.events import LedgerCheckpoint
+
+    ours, library = mappers
+    rows = [[str(uuid.uuid4()), 986, 2, 1, "ação ✓ \"q\" \\ \n\t\x01", 0, 2**40, 3, 4, 5, None],
+            [str(uuid.uuid4()), 986, 400, 0, "", 10, 0, 0, 0, 1, str(uuid.uuid4())]]
+    checkpoint = LedgerCheckpoint(
+        originator_id=uuid.uuid4(), originator_version=1234, timestamp=datetime(2026, 11, 29, 8, 30, 1, tzinfo=UTC),
+        position=1234, chain_hash="ab" * 32, accounts=rows, pending=[[str(uuid.uuid4()), 500, None, True]],
+        parties=[], pix={"deposits": "eJzLSM3JyQcABiwCFQ==", "received": ""},
+    )
+    reference = library.to_stored_event(checkpoint)
+
+    def refuse(_: object) -> str:
+        raise AssertionError("the checkpoint fell back to the standard encoder")
+
+    monkeypatch.setattr(canonical, "_STORED_JSON", refuse)  # the orjson path, and only it
+    fast = ours.to_stored_event(checkpoint)
+    assert fast == reference
+    assert ours.to_domain_event(fast) == checkpoint
