@@ -326,6 +326,6 @@ def test_the_demo_reads_its_writes_back_through_the_query_api_and_rebuilds(platf
     env.pop("RAZAO_JWT_PUBLIC_KEY_FILE", None)
     output = razao("demo", "--url", platform.api.url, "--query-url", platform.query_url, env=env).stdout
     read_side = output[output.index("9. The read side"):]
-    assert "posted R$ 699.50, available R$ 699.50, the same as the command API says" in read_side  # Ana's wallet
+    assert "posted R$ 729.50, available R$ 729.50, the same as the command API says" in read_side  # Ana's wallet
     assert "(read-your-writes)" in read_side and "balanced true" in read_side
     assert "rebuilt demo_audit:" in read_side and "read models VERIFIED" in read_side
