@@ -193,17 +193,19 @@ class RateLimiter:
         now = time.time()
         window_s = check.item.get_expiry()
         reset_at = now + window_s
+        remaining = 0
         limiter = self._memory_limiter if self.degraded else self._redis_limiter
         try:
             stats = await limiter.get_window_stats(check.item, *check.identifiers)
-            reset_at = stats.reset_time
+            # A request of many transfers may be refused with some of the window left, just not enough of it.
+            reset_at, remaining = stats.reset_time, max(0, min(stats.remaining, check.cost - 1))
         except Exception as exc:  # the headers are advice: the worst case (a full window) is still right
             log.debug("rate-limit window stats unavailable: %r", exc)
         retry_after_s = max(1, math.ceil(reset_at - now))
         headers = {
             "Retry-After": str(retry_after_s),
             "RateLimit-Limit": str(check.item.amount),
-            "RateLimit-Remaining": "0",
+            "RateLimit-Remaining": str(remaining),
             "RateLimit-Reset": str(retry_after_s),
             "RateLimit-Policy": f"{check.item.amount};w={window_s}",
         }

@@ -68,6 +68,7 @@ def test_requests_of_many_transfers_count_each_transfer_against_the_principal(li
     over = _bulk(operator, 10)  # 25 + 10 > 30: refused whole, before the ledger
     assert over.status_code == 429 and over.json()["code"] == "API_RATE_LIMITED"
     assert "10 transfers" in over.json()["detail"] and over.headers["RateLimit-Limit"] == "30"
+    assert over.headers["RateLimit-Remaining"] == "4"  # 26 counted: room for 4 more, not for 9
     assert int(over.headers["Retry-After"]) >= 1
     # A refused request counted only its first transfer (26 now): a linked batch of 4 still fits, one of 5 not.
     assert _bulk(operator, 4, "/v1/transfer-batches").status_code == 422  # unknown accounts: the ledger said so
