@@ -428,8 +428,9 @@ class LedgerWriter:
 
         The index holds several tracked objects per transfer; without this, every full collection walks all of
         them and pauses every thread for hundreds of milliseconds once the ledger holds 10⁵ transfers. Frozen
-        objects are still freed by reference counting; only cyclic garbage created before a freeze is never
-        collected, and the writer's state has no cycles.
+        objects are still freed by reference counting. What is never collected is cyclic garbage frozen with
+        them: cycles already dead at a freeze, or alive then and left in a cycle later. The writer's state has no
+        cycles. In the API process, after 20,000 transfers, unfreezing and collecting found 53 to 63 such objects.
         """
         self._unfrozen_events += new_events
         if self._unfrozen_events >= GC_FREEZE_EVENTS_INTERVAL:
