@@ -45,8 +45,8 @@ COMMAND_TIMEOUT_S_MAX: Final = 30.0
 CHECKPOINT_EVENTS_INTERVAL: Final = 50_000
 
 #: After this many events the writer freezes its heap out of the cyclic GC (see ``LedgerWriter._freeze_heap``).
-#: At 2,000 no full collection ran in any scenario of `razao bench ledger` (at 10,000: 8 to 11 per scenario, of up to
-#: 60 ms each); freezing is a constant-time list splice. docs/benchmarks.md has the measurements, including the
+#: At 2,000 no full collection ran in any scenario of `razao bench ledger` (at 10,000: 1 to 11 per scenario, of up to
+#: 69 ms each); freezing is a constant-time list splice. docs/benchmarks.md has the measurements, including the
 #: check that the API process hides no garbage in the frozen generation.
 GC_FREEZE_EVENTS_INTERVAL: Final = 2_000
 
