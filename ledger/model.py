@@ -13,8 +13,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import uuid
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -35,6 +34,7 @@ from ledger.events import (
     PendingTransferResolved,
     TransferCommitted,
 )
+from ledger.index import GenerationalIndex
 from ledger.limits import (
     BALANCE_CENTAVOS_MAX,
     IDEMPOTENCY_KEY_LENGTH_MAX,
@@ -318,7 +318,7 @@ class LedgerState:
         self.documents: dict[tuple[str, str], UUID] = {}
         self.pending: dict[UUID, PendingTransfer] = {}
         self._expiry_heap: list[tuple[datetime, UUID]] = []
-        self.transfers: OrderedDict[UUID, _IndexedTransfer] = OrderedDict()
+        self.transfers: GenerationalIndex[UUID, _IndexedTransfer] = GenerationalIndex(TRANSFER_INDEX_RECENT_MAX)
         #: False once the idempotency index has forgotten anything (eviction, or a checkpoint was loaded):
         #: from then on unknown keys must be looked up in the store before deciding.
         self.index_complete = True
@@ -344,7 +344,7 @@ class LedgerState:
             undo()
 
     @staticmethod
-    def _forget(table: dict[UUID, Any], key: UUID) -> None:
+    def _forget(table: MutableMapping[UUID, Any], key: UUID) -> None:
         table.pop(key, None)
 
     def _record_undo(self, undo: Callable[[], None]) -> None:
@@ -502,21 +502,19 @@ class LedgerState:
         self._record_undo(undo)
 
     def _index(self, transfer_id: UUID, entry: _IndexedTransfer) -> None:
-        self.transfers[transfer_id] = entry
+        self.transfers.add(transfer_id, entry)  # a transfer id is committed once: it cannot be in the index
         self._record_undo(lambda: self._forget(self.transfers, transfer_id))
 
     def trim_index(self) -> None:
         """Forgets the oldest transfers beyond the index's bound. Called between batches only: within a batch
         every decision must see every key the batch started with (the batch's unknown keys were recalled then).
         """
-        if len(self.transfers) > TRANSFER_INDEX_RECENT_MAX:
-            while len(self.transfers) > TRANSFER_INDEX_RECENT_MAX:
-                self.transfers.popitem(last=False)
+        if self.transfers.trim(TRANSFER_INDEX_RECENT_MAX):
             self.index_complete = False
 
     def remember(self, event: TransferCommitted, position: int | None, resolution: str | None) -> None:
         """Puts a transfer loaded from the store back into the idempotency index (not a state change)."""
-        self.transfers[event.originator_id] = _IndexedTransfer(event, position, resolution)
+        self.transfers.add(event.originator_id, _IndexedTransfer(event, position, resolution))
 
     def set_position(self, transfer_id: UUID, position: int) -> None:
         entry = self.transfers.get(transfer_id)

@@ -1,0 +1,62 @@
+"""The idempotency index's generational table: a mapping that forgets its oldest entries in whole generations."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ledger.index import GENERATIONS_MAX, GenerationalIndex
+
+_ops = st.lists(st.one_of(
+    st.tuples(st.just("add"), st.integers(0, 400)),
+    st.tuples(st.just("set"), st.integers(0, 400)),
+    st.tuples(st.just("del"), st.integers(0, 400)),
+    st.tuples(st.just("trim"), st.integers(1, 120)),
+), max_size=300)
+
+
+@given(ops=_ops, bound=st.integers(1, 200))
+def test_it_behaves_as_an_insertion_ordered_mapping_that_forgets_its_oldest(
+        ops: list[tuple[str, int]], bound: int) -> None:
+    index: GenerationalIndex[int, str] = GenerationalIndex(bound)
+    model: dict[int, str] = {}  # insertion ordered, like the index
+    for step, (op, n) in enumerate(ops):
+        if op == "add" and n not in model:
+            index.add(n, f"v{step}")
+            model[n] = f"v{step}"
+        elif op == "set":
+            index[n] = f"s{step}"
+            model[n] = f"s{step}"  # an existing key keeps its place
+        elif op == "del" and n in model:
+            del index[n]
+            del model[n]
+        elif op == "trim":
+            before = list(model)
+            forgot = index.trim(n)
+            kept = list(index)
+            # Only the oldest are forgotten: what is kept is the newest part of what was there, in order.
+            assert kept == before[len(before) - len(kept):]
+            assert forgot == (len(kept) < len(before))
+            assert len(kept) <= n
+            assert len(before) <= n or len(kept) >= n - max(1, n // GENERATIONS_MAX)
+            model = {k: model[k] for k in kept}
+        assert len(index) == len(model)
+        assert list(index) == list(model)
+        assert all(index.get(k) == v and k in index for k, v in model.items())
+    assert all(index.get(k) is None and k not in index for k in range(401) if k not in model)
+
+
+def test_no_generation_grows_past_its_share_of_the_bound() -> None:
+    """The point of generations: no table holds more than bound / GENERATIONS_MAX entries, so none is rebuilt
+    with a large share of the index in it."""
+    bound = 8_000
+    index: GenerationalIndex[int, int] = GenerationalIndex(bound)
+    for n in range(50_000):
+        index.add(n, n)
+        if n % 100 == 0:
+            index.trim(bound)
+    index.trim(bound)
+    sizes = [len(g) for g in index._generations]
+    assert max(sizes) <= bound // GENERATIONS_MAX
+    assert bound - bound // GENERATIONS_MAX <= len(index) <= bound
+    assert list(index) == list(range(50_000 - len(index), 50_000))
