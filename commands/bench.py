@@ -361,19 +361,38 @@ def summarize(records: list[Record], start_ns: int, warmup_s: float, seconds: fl
     )
 
 
-def drive_threads(target_for: Callable[[int], Target], clients: int, run_s: float, workload: Workload, *,
-                  key_prefix: str, seed: int) -> tuple[list[Record], int]:
-    """Closed loop: ``clients`` threads, each sending one transfer and waiting for its answer, until ``run_s``."""
+#: One client's closed loop: ``(index, rng, records, deadline_ns)``; it returns when the deadline passed.
+ClientLoop = Callable[[int, random.Random, list[Record], int], None]
+
+
+def _run_clients(clients: int, run_s: float, seed: int, loop: ClientLoop, name: str) -> tuple[list[Record], int]:
+    """Starts ``clients`` threads together (a barrier takes the start time), each running ``loop`` until
+    ``run_s`` after the start; returns every record and the start."""
     per_client: list[list[Record]] = [[] for _ in range(clients)]
     start: list[int] = []
     barrier = threading.Barrier(clients + 1, action=lambda: start.append(time.perf_counter_ns()))
-    targets = [target_for(i) for i in range(clients)]
 
     def client(index: int) -> None:
-        target, records, rng = targets[index], per_client[index], random.Random(seed * 7_919 + index)
+        rng = random.Random(seed * 7_919 + index)
         barrier.wait()
-        deadline = start[0] + int(run_s * 1e9)
-        seq = 0
+        loop(index, rng, per_client[index], start[0] + int(run_s * 1e9))
+
+    threads = [threading.Thread(target=client, args=(i,), name=f"{name}-{i}", daemon=True) for i in range(clients)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    for t in threads:
+        t.join()
+    return [r for records in per_client for r in records], start[0]
+
+
+def drive_threads(target_for: Callable[[int], Target], clients: int, run_s: float, workload: Workload, *,
+                  key_prefix: str, seed: int) -> tuple[list[Record], int]:
+    """Closed loop: ``clients`` threads, each sending one transfer and waiting for its answer, until ``run_s``."""
+    targets = [target_for(i) for i in range(clients)]
+
+    def loop(index: int, rng: random.Random, records: list[Record], deadline: int) -> None:
+        target, seq = targets[index], 0
         while True:
             debit, credit = workload(rng)
             prepared = target.prepare(f"{key_prefix}:{index}:{seq}", debit, credit,
@@ -385,14 +404,7 @@ def drive_threads(target_for: Callable[[int], Target], clients: int, run_s: floa
             records.append((submitted, time.perf_counter_ns(), code))
             seq += 1
 
-    threads = [threading.Thread(target=client, args=(i,), name=f"bench-client-{i}", daemon=True)
-               for i in range(clients)]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    for t in threads:
-        t.join()
-    return [r for records in per_client for r in records], start[0]
+    return _run_clients(clients, run_s, seed, loop, "bench-client")
 
 
 class LedgerTarget:
@@ -432,14 +444,8 @@ def drive_batches(target: LedgerTarget, clients: int, batch_size: int, run_s: fl
                   key_prefix: str, seed: int) -> tuple[list[Record], int]:
     """Closed loop of commands of ``batch_size`` transfers: ``clients`` threads, each sending one command and
     waiting for it. One record per transfer, with its command's submit and answer times."""
-    per_client: list[list[Record]] = [[] for _ in range(clients)]
-    start: list[int] = []
-    barrier = threading.Barrier(clients + 1, action=lambda: start.append(time.perf_counter_ns()))
 
-    def client(index: int) -> None:
-        records, rng = per_client[index], random.Random(seed * 7_919 + index)
-        barrier.wait()
-        deadline = start[0] + int(run_s * 1e9)
+    def loop(index: int, rng: random.Random, records: list[Record], deadline: int) -> None:
         seq = 0
         while True:
             transfers = []
@@ -455,14 +461,7 @@ def drive_batches(target: LedgerTarget, clients: int, batch_size: int, run_s: fl
             records.extend((submitted, done, code) for code in codes)
             seq += 1
 
-    threads = [threading.Thread(target=client, args=(i,), name=f"bench-batch-client-{i}", daemon=True)
-               for i in range(clients)]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    for t in threads:
-        t.join()
-    return [r for records in per_client for r in records], start[0]
+    return _run_clients(clients, run_s, seed, loop, "bench-batch-client")
 
 
 def _code_of(future: Reply[Any]) -> str | None:

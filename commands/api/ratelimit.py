@@ -52,6 +52,10 @@ class _Check:
     cost: int = 1
 
 
+def _tier(principal: Principal) -> Tier:
+    return "customer" if principal.is_customer else "internal"
+
+
 class RateLimiter:
     """Counts requests in Redis, or in process while Redis is unreachable."""
 
@@ -106,7 +110,7 @@ class RateLimiter:
         """Counts one request; raises ``ApiError(API_RATE_LIMITED)`` with Retry-After when over a limit."""
         checks = [_Check("address", self.items[("address", money)], ("a", "money" if money else "all", address))]
         if principal is not None:
-            tier: Tier = "customer" if principal.is_customer else "internal"
+            tier = _tier(principal)
             checks.append(_Check(tier, self.items[(tier, money)], ("p", "money" if money else "all", principal.sub)))
         await self._enforce(checks)
 
@@ -115,7 +119,7 @@ class RateLimiter:
         after ``check`` counted its first). All or nothing: a refusal counts none of them."""
         if cost <= 0:
             return
-        tier: Tier = "customer" if principal.is_customer else "internal"
+        tier = _tier(principal)
         await self._enforce([_Check(tier, self.items[(tier, True)], ("p", "money", principal.sub), cost)])
 
     async def _enforce(self, checks: list[_Check]) -> None:
