@@ -103,6 +103,8 @@ _LEDGER_COMMANDS = (OpenAccount, CloseAccount, CreateTransfer, CreateLinkedTrans
 class _Submission:
     command: WriterCommand
     future: Reply[Any]
+    #: ``time.monotonic()`` when it was queued: the group-commit window runs from the oldest command's arrival.
+    queued_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +225,7 @@ class LedgerWriter:
         if self._queue.qsize() >= WRITER_QUEUE_DEPTH_MAX:
             future.set_exception(errors.LedgerOverloaded("the ledger is overloaded; retry with the same key"))
         else:
-            self._queue.put(_Submission(command, future))
+            self._queue.put(_Submission(command, future, time.monotonic()))
         return future
 
     def execute(self, command: WriterCommand, timeout_s: float = COMMAND_TIMEOUT_S_MAX) -> Any:
@@ -292,7 +294,9 @@ class LedgerWriter:
         if first is None:
             return [], True
         batch = [first] if _claim(first) else []
-        deadline = time.monotonic() + self.wait_s
+        # The window is counted from when the first command arrived, not from when the writer got to it: a command
+        # that already waited for the previous batch to commit waits no longer, and takes whatever has queued since.
+        deadline = first.queued_at + self.wait_s
         while len(batch) < self.commands_max:
             remaining = deadline - time.monotonic()
             try:

@@ -47,6 +47,7 @@ from ledger.model import (
     transfer_id_for_key,
 )
 from ledger.parties import RegisterParty, party_id_for_key, wallet_id_for_party
+from ledger.reply import Reply
 from ledger.writer import LedgerWriter, ReadAccounts
 
 START = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -636,6 +637,41 @@ def test_commands_from_many_threads_each_get_their_own_answer(funded: tuple[Ledg
     assert all(outcomes[k].key == k for k in ok)
     assert len({outcomes[k].position for k in ok}) == 80
     assert book.account(poor) == [0, 0, 0, 8_000]
+
+
+def _idle_writer(app: LedgerApplication, window_s: float) -> LedgerWriter:
+    """A writer that is not started, with a group-commit window long enough to time with a coarse clock."""
+    writer = LedgerWriter(app, InMemoryWriterLease(f"test-{uuid.uuid4()}"), RecorderTransferLookup(app.recorder))
+    writer.wait_s = window_s
+    return writer
+
+
+def test_a_command_that_waited_for_the_previous_batch_waits_no_longer(app: LedgerApplication) -> None:
+    # The window runs from the first command's arrival: one queued while the writer was busy committing (here,
+    # a second ago) is taken at once with whatever queued since, instead of opening a fresh window.
+    writer = _idle_writer(app, window_s=0.5)
+    late = ledger.writer._Submission(ReadAccounts(()), Reply(), time.monotonic() - 1.0)
+    since = ledger.writer._Submission(ReadAccounts(()), Reply(), time.monotonic())
+    writer._queue.put(late)
+    writer._queue.put(since)
+    started = time.monotonic()
+    batch, stopping = writer._collect()
+    assert time.monotonic() - started < 0.25
+    assert batch == [late, since] and not stopping
+
+
+def test_a_fresh_command_waits_its_window_for_batch_mates(app: LedgerApplication) -> None:
+    writer = _idle_writer(app, window_s=0.5)
+    first = ledger.writer._Submission(ReadAccounts(()), Reply(), time.monotonic())
+    mate = ledger.writer._Submission(ReadAccounts(()), Reply(), 0.0)
+    writer._queue.put(first)
+    timer = threading.Timer(0.1, writer._queue.put, args=(mate,))
+    timer.start()
+    started = time.monotonic()
+    batch, _ = writer._collect()
+    timer.join()
+    assert batch == [first, mate]
+    assert 0.1 <= time.monotonic() - started
 
 
 def test_a_full_queue_refuses_with_overloaded(monkeypatch: pytest.MonkeyPatch, app: LedgerApplication) -> None:
