@@ -18,13 +18,21 @@ from uuid import UUID
 
 import psycopg
 import pytest
+from psycopg.sql import SQL as sql_text
 
 from commands.bootstrap import LedgerRuntime, build_ledger
-from infra.postgres_store import WRITER_LEASE_NAME
+from infra.postgres_store import WRITER_LEASE_NAME, PostgresTransferLookup
 from ledger import errors
 from ledger.chart import REQUIRED_FLAGS, AccountCode
 from ledger.events import PendingTransferResolved
-from ledger.model import CloseAccount, CreateLinkedTransfers, CreateTransfer, OpenAccount, transfer_id_for_key
+from ledger.model import (
+    CloseAccount,
+    CreateLinkedTransfers,
+    CreateTransfer,
+    CreateTransfers,
+    OpenAccount,
+    transfer_id_for_key,
+)
 
 WAIT_S = 20.0
 
@@ -449,3 +457,37 @@ def test_ledger_verify_of_a_database_without_a_ledger_says_so_and_creates_nothin
     assert refused.returncode == 2 and "holds no ledger" in refused.stderr and "Traceback" not in refused.stderr
     tables = sql(fresh_database, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
     assert tables[0][0] == 0
+
+
+def plan_nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", ()):
+        yield from plan_nodes(child)
+
+
+def test_the_transfer_lookup_probes_the_primary_key_whatever_the_statistics(ledgers: Runtimes) -> None:
+    # After a restart from a checkpoint every batch looks its new transfer ids up. On a table without statistics
+    # (autovacuum off), ``originator_id = ANY(...)`` was planned as a walk of the whole notification index: 250 ms
+    # a batch at a million events. The lookup must stay one primary-key probe per id, without JIT.
+    runtime = ledgers.build()
+    accounts = Accounts(runtime)
+    runtime.writer.transfer(t("fund", accounts.settlement, accounts.alice, 10_000_000, code=10))
+    for block in range(10):
+        runtime.writer.submit(CreateTransfers(tuple(
+            t(f"bulk-{block}-{i}", accounts.alice, accounts.bob, 1) for i in range(2_000)))).result(timeout=WAIT_S)
+    lookup = PostgresTransferLookup(runtime.app.recorder)
+    wanted = [uuid.uuid4() for _ in range(200)] + [transfer_id_for_key("bulk-3-7")]
+    with psycopg.connect(ledgers.dsn) as conn, conn.transaction():
+        conn.execute("SET LOCAL jit = off")  # as ``find`` does
+        (explained,) = conn.execute(sql_text("EXPLAIN (ANALYZE, FORMAT JSON) ") + lookup.statement,
+                                    (wanted,)).fetchone()  # type: ignore[misc]
+    nodes = list(plan_nodes(explained[0]["Plan"]))
+    table = events_table(runtime)
+    on_table = [n["Node Type"] for n in nodes if n.get("Relation Name") == table]
+    assert on_table and set(on_table) <= {"Index Scan", "Bitmap Heap Scan"}, on_table
+    probes = [n for n in nodes if "Index Name" in n]
+    assert {n["Index Name"] for n in probes} == {f"{table}_pkey"}
+    assert probes[0]["Actual Loops"] == len(wanted)  # one probe per id
+    assert "JIT" not in explained[0]
+    found = lookup.find(wanted)
+    assert [stored.originator_id for _, stored in found] == [transfer_id_for_key("bulk-3-7")]
