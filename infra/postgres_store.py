@@ -27,6 +27,8 @@ from ledger.ports import WriterBusy, WriterFenced
 log = logging.getLogger(__name__)
 
 WRITER_LEASE_NAME = "ledger"
+#: Rows per round trip when a starting writer streams the ids of every committed transfer (``originator_ids``).
+COMMITTED_IDS_FETCH_ROWS = 50_000
 #: Any fixed 64-bit number identifies the advisory lock; this one spells nothing in particular.
 WRITER_ADVISORY_LOCK_KEY = 0x52415A414F
 
@@ -252,6 +254,18 @@ class PostgresTransferLookup:
             "FROM {}.{} WHERE originator_id = wanted.id OFFSET 0) AS e "
             "ORDER BY e.notification_id"
         ).format(sql.Identifier(schema), sql.Identifier(recorder.events_table_name))
+
+    def originator_ids(self, topic: str, upto: int) -> Iterator[UUID]:
+        """Streams the ids through a server-side cursor: a long log never sits in memory at once."""
+        schema = self.recorder.datastore.schema or "public"
+        query = sql.SQL("SELECT originator_id FROM {}.{} WHERE notification_id <= %s AND topic = %s").format(
+            sql.Identifier(schema), sql.Identifier(self.recorder.events_table_name))
+        with self.recorder.datastore.get_connection() as conn, conn.transaction(), \
+                conn.cursor(name="razao_originator_ids", row_factory=tuple_row) as curs:
+            curs.itersize = COMMITTED_IDS_FETCH_ROWS
+            curs.execute(query, (upto, topic))
+            for (transfer_id,) in curs:
+                yield transfer_id
 
     def find(self, transfer_ids: Collection[UUID]) -> Sequence[tuple[int, StoredEvent]]:
         with self.recorder.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:

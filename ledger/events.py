@@ -21,6 +21,7 @@ from typing import ClassVar
 from uuid import UUID
 
 from eventsourcing.domain import DomainEvent
+from eventsourcing.utils import get_topic
 
 #: Balances of one account after an event: [debits_pending, debits_posted, credits_pending, credits_posted].
 Balances = list[int]
@@ -315,3 +316,6 @@ EVENT_TYPES: dict[str, type[LedgerEvent]] = {
     },
     **PIX_EVENT_TYPES,
 }
+
+#: How the store names a committed transfer's event (``eventsourcing``'s topic of the class).
+TRANSFER_COMMITTED_TOPIC: str = get_topic(TransferCommitted)

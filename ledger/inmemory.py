@@ -6,10 +6,10 @@ They pass the same contract tests as the Postgres adapters (``tests/integration/
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from uuid import UUID
 
-from eventsourcing.persistence import ApplicationRecorder, StoredEvent
+from eventsourcing.persistence import ApplicationRecorder, Notification, StoredEvent
 
 from ledger.errors import WriterBusy
 
@@ -49,13 +49,20 @@ class RecorderTransferLookup:
 
     def find(self, transfer_ids: Collection[UUID]) -> Sequence[tuple[int, StoredEvent]]:
         wanted = set(transfer_ids)
-        found: list[tuple[int, StoredEvent]] = []
+        return [(n.id, n) for n in self._notifications() if n.originator_id in wanted]
+
+    def originator_ids(self, topic: str, upto: int) -> Iterator[UUID]:
+        for n in self._notifications():
+            if n.id > upto:
+                return
+            if n.topic == topic:
+                yield n.originator_id  # type: ignore[misc]  # the ledger's aggregates have UUID ids
+
+    def _notifications(self) -> Iterator[Notification]:
         start = 1
         while True:
             page = self.recorder.select_notifications(start, limit=1000)
             if not page:
-                return found
-            for n in page:
-                if n.originator_id in wanted:
-                    found.append((n.id, n))
+                return
+            yield from page
             start = page[-1].id + 1

@@ -34,7 +34,7 @@ from ledger.events import (
     PendingTransferResolved,
     TransferCommitted,
 )
-from ledger.index import GenerationalIndex
+from ledger.index import GenerationalIndex, IdFilter
 from ledger.limits import (
     BALANCE_CENTAVOS_MAX,
     IDEMPOTENCY_KEY_LENGTH_MAX,
@@ -322,6 +322,9 @@ class LedgerState:
         #: False once the idempotency index has forgotten anything (eviction, or a checkpoint was loaded):
         #: from then on unknown keys must be looked up in the store before deciding.
         self.index_complete = True
+        #: Every transfer id committed: those this state applied, and those before its checkpoint once the writer
+        #: has loaded them (``LedgerWriter.start``). Only an id it may hold is looked up in the store.
+        self.committed_ids = IdFilter()
         self.chain_hash = GENESIS_CHAIN_HASH
         self.position = 0
         #: Deposits, received Pix, withdrawals and devoluções (ledger.pix_state), evolved by PIX events only.
@@ -503,6 +506,9 @@ class LedgerState:
 
     def _index(self, transfer_id: UUID, entry: _IndexedTransfer) -> None:
         self.transfers.add(transfer_id, entry)  # a transfer id is committed once: it cannot be in the index
+        # Not undone with the rest of a refused command: "may have been committed" stays true of the id, and
+        # costs at most one lookup that finds nothing.
+        self.committed_ids.add(transfer_id.int)
         self._record_undo(lambda: self._forget(self.transfers, transfer_id))
 
     def trim_index(self) -> None:
@@ -511,6 +517,12 @@ class LedgerState:
         """
         if self.transfers.trim(TRANSFER_INDEX_RECENT_MAX):
             self.index_complete = False
+
+    def needs_lookup(self, transfer_id: UUID) -> bool:
+        """Whether a transfer id must be looked up in the store before deciding: the index does not hold it but
+        it may have been committed (always False while the index is complete)."""
+        return (not self.index_complete and transfer_id not in self.transfers
+                and transfer_id.int in self.committed_ids)
 
     def remember(self, event: TransferCommitted, position: int | None, resolution: str | None) -> None:
         """Puts a transfer loaded from the store back into the idempotency index (not a state change)."""

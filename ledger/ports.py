@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Protocol
 from uuid import UUID
 
@@ -35,12 +35,17 @@ class TransferLookup(Protocol):
         """Every stored event of those transfer aggregates, each with its notification id (log position)."""
         ...
 
+    def originator_ids(self, topic: str, upto: int) -> Iterator[UUID]:
+        """The originator id of every stored event of ``topic`` at or before log position ``upto``, streamed, in
+        any order (the writer asks for every committed transfer's id)."""
+        ...
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # PIX: the PSP gateway port (ADR 0008). Adapters live in infra/pix_gateway.py. Appended after the ledger ports so
 # that their lines stay untouched; hence these imports here.
 
-from collections.abc import Iterator, Mapping  # noqa: E402
+from collections.abc import Mapping  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from datetime import datetime  # noqa: E402
 from enum import StrEnum  # noqa: E402

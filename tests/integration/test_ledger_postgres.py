@@ -24,7 +24,7 @@ from commands.bootstrap import LedgerRuntime, build_ledger
 from infra.postgres_store import WRITER_LEASE_NAME, PostgresTransferLookup
 from ledger import errors
 from ledger.chart import REQUIRED_FLAGS, AccountCode
-from ledger.events import PendingTransferResolved
+from ledger.events import TRANSFER_COMMITTED_TOPIC, PendingTransferResolved
 from ledger.model import (
     CloseAccount,
     CreateLinkedTransfers,
@@ -212,6 +212,8 @@ def test_replay_after_restart_of_a_key_older_than_the_checkpoint(ledgers: Runtim
     state = second.writer.state
     assert state.index_complete is False
     assert transfer_id_for_key("old-dep-a") not in state.transfers
+    # Streamed from the store at start: the filter that sends only possibly old keys to the store.
+    assert transfer_id_for_key("old-dep-a").int in state.committed_ids
     count = event_count(ledgers.dsn, events_table(second))
     # Looked up in the store: the originals come back, with their positions.
     assert replay_all(second, commands) == originals
@@ -491,3 +493,15 @@ def test_the_transfer_lookup_probes_the_primary_key_whatever_the_statistics(ledg
     assert "JIT" not in explained[0]
     found = lookup.find(wanted)
     assert [stored.originator_id for _, stored in found] == [transfer_id_for_key("bulk-3-7")]
+
+
+def test_the_ids_of_committed_transfers_stream_up_to_a_position(ledgers: Runtimes) -> None:
+    runtime = ledgers.build()
+    accounts = Accounts(runtime)  # account events: not transfers, never streamed
+    first = runtime.writer.transfer(t("s-1", accounts.settlement, accounts.alice, 100, code=10))
+    runtime.writer.transfer(t("s-2", accounts.settlement, accounts.alice, 100, code=10))
+    lookup = PostgresTransferLookup(runtime.app.recorder)
+    assert first.position is not None
+    assert set(lookup.originator_ids(TRANSFER_COMMITTED_TOPIC, upto=first.position)) == {transfer_id_for_key("s-1")}
+    assert set(lookup.originator_ids(TRANSFER_COMMITTED_TOPIC, upto=runtime.writer.stats().position)) == {
+        transfer_id_for_key("s-1"), transfer_id_for_key("s-2")}
