@@ -261,7 +261,7 @@ class PostgresTransferLookup:
         query = sql.SQL("SELECT originator_id FROM {}.{} WHERE notification_id <= %s AND topic = %s").format(
             sql.Identifier(schema), sql.Identifier(self.recorder.events_table_name))
         with self.recorder.datastore.get_connection() as conn, conn.transaction(), \
-                conn.cursor(name="razao_originator_ids", row_factory=tuple_row) as curs:
+                conn.cursor(name="razao_originator_ids", row_factory=tuple_row, binary=True) as curs:
             curs.itersize = COMMITTED_IDS_FETCH_ROWS
             curs.execute(query, (upto, topic))
             for (transfer_id,) in curs:
