@@ -60,6 +60,7 @@ from infra.plugins import BENCH_GROUP, discover
 from infra.settings import database_name, drop_database, ensure_database, load_settings, with_database
 from ledger import errors
 from ledger.chart import REQUIRED_FLAGS, AccountCode, AccountFlags
+from ledger.events import TRANSFER_COMMITTED_TOPIC
 from ledger.limits import (
     COMMAND_TIMEOUT_S_MAX,
     GROUP_COMMIT_COMMANDS_MAX,
@@ -769,7 +770,7 @@ def store_counts(runtime: LedgerRuntime, dsn: str) -> tuple[int, int]:
     query = sql.SQL("SELECT (SELECT count(*) FROM {} WHERE topic = %s), (SELECT count(*) FROM {})").format(
         sql.Identifier(events), sql.Identifier(snapshots))
     with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
-        row = conn.execute(query, ("ledger.events:TransferCommitted",)).fetchone()
+        row = conn.execute(query, (TRANSFER_COMMITTED_TOPIC,)).fetchone()
     assert row is not None
     return int(row[0]), int(row[1])
 

@@ -43,6 +43,7 @@ from commands.api.auth import ensure_dev_keys, mint_token
 from commands.api.limits import BATCH_TRANSFERS_MAX
 from infra.processes import free_port
 from infra.settings import database_name, drop_database, ensure_database, load_settings, with_database
+from ledger.events import TRANSFER_COMMITTED_TOPIC
 
 JSON_SCHEMA = "razao.bench.api/1"
 
@@ -71,7 +72,6 @@ BENCH_RATE_LIMITS = {
     "RAZAO_API_RATE_LIMIT_ADDRESS": "1000000/second",
     "RAZAO_API_RATE_LIMIT_ADDRESS_MONEY": "1000000/second",
 }
-COMMITTED_TOPIC = "ledger.events:TransferCommitted"
 
 
 def register_cli(subsystems: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -427,7 +427,8 @@ def percentile(sorted_values: list[float], p: float) -> float:
 
 def committed_transfers(dsn: str) -> int:
     with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
-        row = conn.execute("SELECT count(*) FROM ledger_events WHERE topic = %s", (COMMITTED_TOPIC,)).fetchone()
+        row = conn.execute("SELECT count(*) FROM ledger_events WHERE topic = %s",
+                           (TRANSFER_COMMITTED_TOPIC,)).fetchone()
     assert row is not None
     return int(row[0])
 
