@@ -12,7 +12,7 @@ paths on arbitrary text, integers and every event type.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -100,3 +100,51 @@ def stored_text(state: dict[str, Any]) -> bytes:
         except orjson.JSONEncodeError:  # e.g. an int beyond 64 bits, a lone surrogate
             pass
     return _STORED_JSON(state).encode("utf8")
+
+
+def stored_text_in_chunks(state: dict[str, Any], list_keys: Iterable[str], chunk: int,
+                          pause: Callable[[], None]) -> bytes:
+    """``stored_text(state)``, byte for byte, with each list under ``list_keys`` (rows of plain values) encoded
+    ``chunk`` items at a time and ``pause`` called after each chunk: one call would hold the interpreter for the
+    whole list. A list that is not all plain values is left to ``stored_text`` (same bytes, one call). Raises
+    ``TypeError`` as ``stored_text`` does, and when the rows cannot be placed; ``state`` must be the caller's own
+    copy."""
+    assert chunk > 0
+    spliced: dict[str, list[bytes]] = {}
+    for key in list_keys:
+        items = state.get(key)
+        if type(items) is not list or len(items) <= chunk:
+            continue
+        parts: list[bytes] = []
+        for start in range(0, len(items), chunk):
+            part = items[start:start + chunk]
+            try:
+                if not _plain_tree(part):
+                    raise TypeError("not plain")
+                parts.append(orjson.dumps(part)[1:-1])  # compact, so the items joined by "," are the list's text
+            except (TypeError, orjson.JSONEncodeError):  # e.g. a float, an int beyond 64 bits, a lone surrogate
+                parts = []
+                break
+            pause()
+        if parts:
+            spliced[key] = parts
+            state[key] = []
+    text = stored_text(state)  # short now: the long lists are empty
+    places: list[tuple[int, list[bytes]]] = []
+    for key, parts in spliced.items():
+        empty = orjson.dumps({key: []})[1:-1]  # b'"key":[]'
+        # Inside a JSON string every quote is escaped, so the key's own text can only occur as the key.
+        if text.count(empty) != 1:
+            raise TypeError(f"cannot place the rows of {key!r}")
+        places.append((text.index(empty) + len(empty) - 1, parts))  # where the "]" is
+    # One copy of the rows into the result: the text around them, the parts and the commas between them.
+    pieces: list[bytes] = []
+    at = 0
+    for index, parts in sorted(places, key=lambda place: place[0]):
+        pieces.append(text[at:index])
+        separated = [b","] * (2 * len(parts) - 1)
+        separated[::2] = parts
+        pieces.extend(separated)
+        at = index
+    pieces.append(text[at:])
+    return b"".join(pieces)

@@ -329,6 +329,10 @@ class LedgerState:
         self.position = 0
         #: Deposits, received Pix, withdrawals and devoluções (ledger.pix_state), evolved by PIX events only.
         self.pix = PixState()
+        #: Accounts opened or changed since the writer's last checkpoint capture, in order and with repeats;
+        #: ``None`` (not kept) until a capture asks for it (``ledger.application.CheckpointTables``). It may name
+        #: an account a rolled-back command opened, which the state no longer holds.
+        self.changed_accounts: list[Account] | None = None
         self._journal: list[Callable[[], None]] | None = None
 
     # ---- undo journal -------------------------------------------------------------------------------------
@@ -355,6 +359,8 @@ class LedgerState:
             self._journal.append(undo)
 
     def _touch_account(self, account: Account) -> None:
+        if self.changed_accounts is not None:
+            self.changed_accounts.append(account)
         if self._journal is not None:
             saved = (account.balances(), account.flags, account.version)
 
@@ -410,9 +416,11 @@ class LedgerState:
             self._apply_pending_end(event)
         elif isinstance(event, AccountOpened):
             assert event.originator_id not in self.accounts, "account opened twice"
-            self.accounts[event.originator_id] = Account(
+            opened = self.accounts[event.originator_id] = Account(
                 event.originator_id, event.ledger, event.code, event.flags, event.reference, owner_id=event.owner_id
             )
+            if self.changed_accounts is not None:
+                self.changed_accounts.append(opened)
             self._record_undo(lambda: self._forget(self.accounts, event.originator_id))
         elif isinstance(event, PartyRegistered):
             self.add_party(Party(event.originator_id, event.kind, event.name, event.document, event.email,

@@ -24,7 +24,7 @@ from typing import Any
 from uuid import UUID
 
 from ledger import errors
-from ledger.application import LedgerApplication
+from ledger.application import CheckpointTables, LedgerApplication
 from ledger.events import TRANSFER_COMMITTED_TOPIC, LedgerEvent
 from ledger.limits import (
     CHECKPOINT_EVENTS_INTERVAL,
@@ -161,6 +161,8 @@ class LedgerWriter:
         #: that serve requests, where encoding a large state in the writer thread would stall every answer.
         self.checkpoint_in_background = checkpoint_in_background
         self._checkpointer: threading.Thread | None = None
+        #: Rows of the last checkpoint, so the next one copies only what changed since (one build at a time).
+        self._checkpoint_tables = CheckpointTables()
         # SimpleQueue (in C, no condition variable) costs a tenth of queue.Queue per put and get on the hot path;
         # its depth limit is checked in ``submit`` (a few commands over the limit under a race are harmless).
         self._queue: queue.SimpleQueue[_Submission | None] = queue.SimpleQueue()
@@ -177,7 +179,9 @@ class LedgerWriter:
         """Takes the writer lease, rebuilds the state from the store and starts the writer thread."""
         self._epoch = self.lease.acquire()
         try:
-            self._state = self.app.load_state()
+            # New tables for the new state (a checkpoint of the last one may still be building from the old ones).
+            self._checkpoint_tables = CheckpointTables()
+            self._state = self.app.load_state(tables=self._checkpoint_tables)
             if not self._state.index_complete:
                 # Frozen first: a million short-lived ids would otherwise set off full collections that walk the
                 # whole state just loaded (4.8 s instead of 2.4 s for 1.06 million ids).
@@ -461,21 +465,21 @@ class LedgerWriter:
             self._checkpoint_in_background(state)
             return
         try:
-            self.app.write_checkpoint(state)
+            self.app.save_checkpoint(self._checkpoint_tables.capture(state)())
             self._last_checkpoint = state.position
         except Exception as exc:  # a checkpoint is an optimisation; the log stays the truth
             log.warning("ledger checkpoint at %d not written: %r", state.position, exc)
 
     def _checkpoint_in_background(self, state: LedgerState) -> None:
-        """Captures the state now (cheap copies) and builds and saves the checkpoint on another thread; one at a
-        time (while one is being saved, later batches do not start another)."""
+        """Captures what changed since the last checkpoint now (cheap copies) and builds and saves the checkpoint
+        on another thread, one at a time: while one is being saved, later batches do not start another."""
         if self._checkpointer is not None and self._checkpointer.is_alive():
             return
-        build, position = self.app.capture_checkpoint(state, pause=_yield_interpreter), state.position
+        build, position = self._checkpoint_tables.capture(state, _yield_interpreter), state.position
 
         def save() -> None:
             try:
-                self.app.save_checkpoint(build())
+                self.app.save_checkpoint(build(), _yield_interpreter)
                 self._last_checkpoint = position
             except Exception as exc:  # a checkpoint is an optimisation; the log stays the truth
                 log.warning("ledger checkpoint at %d not written: %r", position, exc)
@@ -486,7 +490,8 @@ class LedgerWriter:
     def _reload(self) -> None:
         while True:
             try:
-                self._state = self.app.load_state()
+                self._checkpoint_tables = CheckpointTables()
+                self._state = self.app.load_state(tables=self._checkpoint_tables)
                 return
             except Exception as exc:
                 log.error("ledger state reload failed (%r); retrying", exc)

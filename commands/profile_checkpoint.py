@@ -1,0 +1,125 @@
+"""What a checkpoint costs the ledger writer as the ledger grows: ``python -m commands.profile_checkpoint``.
+
+For each size it fills a ``LedgerState`` with that many accounts (in memory, no database), changes some of them
+as a run of transfers would between two checkpoints, and times, on this thread:
+
+* the **capture**, which runs in the writer thread and stalls every command meanwhile: every account copied
+  (``LedgerApplication.capture_checkpoint``) against only those changed since the last capture
+  (``CheckpointTables``, what the writer uses);
+* the **seeding** of a restarted writer's tables from the checkpoint it starts from (once per start);
+* the **build and encoding**, which run on a thread of their own and give the interpreter back at each ``pause``:
+  the longest stretch between two pauses is the longest the writer thread can be kept waiting for the
+  interpreter lock, beside the total.
+
+The insert into Postgres is not timed here (it releases the interpreter lock); ``razao bench ledger`` measures
+the whole writer in service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ledger.application import CHECKPOINT_ROW_LISTS, CHECKPOINT_ROWS_CHUNK, CheckpointTables, LedgerApplication
+from ledger.canonical import stored_text, stored_text_in_chunks
+from ledger.model import Account, LedgerState
+
+
+class Stretches:
+    """A ``pause`` that records the time between calls: the longest stretch a build holds the interpreter."""
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self._since = time.perf_counter()
+
+    def restart(self) -> None:
+        self.longest, self._since = 0.0, time.perf_counter()
+
+    def __call__(self) -> None:
+        now = time.perf_counter()
+        self.longest = max(self.longest, now - self._since)
+        self._since = now
+
+    def finish(self) -> float:
+        self()
+        return self.longest
+
+
+def _timed(work: Callable[[], Any]) -> tuple[Any, float]:
+    started = time.perf_counter()
+    result = work()
+    return result, time.perf_counter() - started
+
+
+def _state(accounts: int) -> LedgerState:
+    state = LedgerState()
+    for n in range(accounts):
+        account = Account(uuid.uuid4(), 986, 2, 1, "", 0, n, 0, 10_000_000, 1, None)
+        state.accounts[account.id] = account
+    return state
+
+
+def _change(state: LedgerState, changed: int) -> None:
+    """What ``changed`` accounts touched by transfers leave behind (balances moved, the account listed)."""
+    for account in list(state.accounts.values())[:changed]:
+        state._touch_account(account)  # the state's own bookkeeping of a transfer
+        account.debits_posted += 1
+
+
+def _encode(checkpoint: Any, pause: Callable[[], None] | None) -> bytes:
+    state = {k: v for k, v in vars(checkpoint).items() if k not in ("originator_id", "originator_version")}
+    state["class_version"] = type(checkpoint).class_version
+    if pause is None:
+        return stored_text(state)
+    return stored_text_in_chunks(state, CHECKPOINT_ROW_LISTS, CHECKPOINT_ROWS_CHUNK, pause)
+
+
+def profile(accounts: int, changed: int) -> dict[str, float]:
+    state = _state(accounts)
+    tables = CheckpointTables()
+    tables.capture(state)()  # the writer's first capture is a full one; the next is measured
+    _change(state, changed)
+    build_full, capture_full_s = _timed(lambda: LedgerApplication.capture_checkpoint(state))
+    stretches = Stretches()
+    build_changed, capture_changed_s = _timed(lambda: tables.capture(state, stretches))
+    stretches.restart()  # the build's stretches start now
+    checkpoint, build_s = _timed(build_changed)
+    build_longest_s = stretches.finish()
+    assert sorted(map(repr, checkpoint.accounts)) == sorted(map(repr, build_full().accounts))
+    restarted = LedgerState()
+    restarted.position = checkpoint.position
+    _, seed_s = _timed(lambda: CheckpointTables().seed(restarted, checkpoint))
+    _, encode_whole_s = _timed(lambda: _encode(checkpoint, None))
+    chunks = Stretches()
+    encoded, encode_chunked_s = _timed(lambda: _encode(checkpoint, chunks))
+    return {"capture_all_ms": 1e3 * capture_full_s, "capture_changed_ms": 1e3 * capture_changed_s,
+            "build_ms": 1e3 * build_s, "build_longest_ms": 1e3 * build_longest_s,
+            "encode_whole_ms": 1e3 * encode_whole_s, "encode_chunked_ms": 1e3 * encode_chunked_s,
+            "encode_longest_ms": 1e3 * chunks.finish(), "megabytes": len(encoded) / 1e6, "seed_ms": 1e3 * seed_s}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m commands.profile_checkpoint", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--accounts", default="10000,100000,1000000",
+                        help="ledger sizes, comma separated (default 10000,100000,1000000)")
+    parser.add_argument("--changed", type=int, default=20_000,
+                        help="accounts changed since the last checkpoint (default 20000; at most the size)")
+    args = parser.parse_args(argv)
+    print("accounts  changed | writer-thread capture ms: all / changed only | background build ms: total / "
+          "longest stretch | encode ms: one call / in chunks / longest chunk | MB | seed at a restart ms")
+    for accounts in (int(a) for a in args.accounts.split(",")):
+        changed = min(args.changed, accounts)
+        r = profile(accounts, changed)
+        print(f"{accounts:>8} {changed:>8} | {r['capture_all_ms']:10.1f} / {r['capture_changed_ms']:8.1f} | "
+              f"{r['build_ms']:10.1f} / {r['build_longest_ms']:6.1f} | {r['encode_whole_ms']:8.1f} / "
+              f"{r['encode_chunked_ms']:8.1f} / {r['encode_longest_ms']:6.1f} | {r['megabytes']:6.1f} | "
+              f"{r['seed_ms']:7.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
