@@ -235,6 +235,8 @@ class CheckpointTables:
     def __init__(self) -> None:
         #: Account id (text) -> row, as of the last capture that was built (touched by ``build`` only).
         self._rows: dict[object, list[object]] = {}
+        #: Rows of the checkpoint a restarted writer started from, not yet in ``_rows``.
+        self._seed_rows: list[list[object]] = []
         self._party_rows: list[list[object]] = []
         self._full_next = True
 
@@ -242,7 +244,8 @@ class CheckpointTables:
         """Takes the rows of the checkpoint ``state`` was just restored from as those of the last capture, and
         has the state list its changes from now on, so even the first capture copies only what changed since."""
         assert state.position == checkpoint.position and state.changed_accounts is None, "seeded after replaying"
-        self._rows = {row[0]: row for row in checkpoint.accounts}
+        self._rows = {}
+        self._seed_rows = checkpoint.accounts  # made a table by the first build, off the writer thread
         self._party_rows = list(checkpoint.parties)
         self._full_next = False
         state.changed_accounts = []
@@ -275,8 +278,13 @@ class CheckpointTables:
         def build() -> LedgerCheckpoint:
             try:
                 if full:
-                    self._rows, self._party_rows = {}, []
-                rows, party_rows = self._rows, self._party_rows
+                    self._rows, self._seed_rows, self._party_rows = {}, [], []
+                rows, party_rows, seed_rows = self._rows, self._party_rows, self._seed_rows
+                for start in range(0, len(seed_rows), CHECKPOINT_ROWS_CHUNK):
+                    rows.update((row[0], row) for row in seed_rows[start:start + CHECKPOINT_ROWS_CHUNK])
+                    if pause is not None:
+                        pause()
+                self._seed_rows = []
                 for start in range(0, len(changed), CHECKPOINT_ROWS_CHUNK):
                     for values in changed[start:start + CHECKPOINT_ROWS_CHUNK]:
                         row = Account.row_of(values)
