@@ -66,35 +66,31 @@ class LedgerMapper(Mapper[UUID]):
     def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
         if not self.fast or not isinstance(domain_event, LedgerEvent | LedgerCheckpoint):
             return super().to_stored_event(domain_event)
-        cls = type(domain_event)
-        state = dict(vars(domain_event))
+        return self._stored(domain_event, stored_text)
+
+    def checkpoint_to_stored_event(self, checkpoint: LedgerCheckpoint, pause: Callable[[], None]) -> StoredEvent:
+        """``to_stored_event(checkpoint)``, byte for byte, with its long row lists encoded in chunks."""
+        if not self.fast:
+            return super().to_stored_event(checkpoint)
+        return self._stored(checkpoint, lambda state: stored_text_in_chunks(
+            state, CHECKPOINT_ROW_LISTS, CHECKPOINT_ROWS_CHUNK, pause))
+
+    def _stored(self, event: LedgerEvent | LedgerCheckpoint, encode: Callable[[dict[str, Any]], bytes]) -> StoredEvent:
+        """The library's stored event for ``event``, its state encoded by ``encode`` (the library's own path for
+        a value ``encode`` refuses with ``TypeError``)."""
+        cls = type(event)
+        state = dict(vars(event))
         originator_id = state.pop("originator_id")
         originator_version = state.pop("originator_version")
         class_version = getattr(cls, "class_version", 1)
         if class_version > 1:
             state["class_version"] = class_version
         try:
-            text = stored_text(state)
+            text = encode(state)
         except TypeError:
-            return super().to_stored_event(domain_event)
+            return super().to_stored_event(event)
         return StoredEvent(originator_id=originator_id, originator_version=originator_version, topic=get_topic(cls),
                            state=text)
-
-
-    def checkpoint_to_stored_event(self, checkpoint: LedgerCheckpoint, pause: Callable[[], None]) -> StoredEvent:
-        """``to_stored_event(checkpoint)``, byte for byte, with its long row lists encoded in chunks."""
-        if not self.fast:
-            return super().to_stored_event(checkpoint)
-        state = dict(vars(checkpoint))
-        originator_id = state.pop("originator_id")
-        originator_version = state.pop("originator_version")
-        state["class_version"] = type(checkpoint).class_version
-        try:
-            text = stored_text_in_chunks(state, CHECKPOINT_ROW_LISTS, CHECKPOINT_ROWS_CHUNK, pause)
-        except TypeError:
-            return super().to_stored_event(checkpoint)
-        return StoredEvent(originator_id=originator_id, originator_version=originator_version,
-                           topic=get_topic(type(checkpoint)), state=text)
 
 
 #: Copying one account is about this many times cheaper than sorting out one entry of the list of changes (each
@@ -223,10 +219,10 @@ class CheckpointTables:
     """The writer's checkpoints, built from what changed since the last capture rather than from every account.
 
     ``LedgerApplication.capture_checkpoint`` copies every account in the writer thread: 1.1 s for a million
-    accounts on the VM of ADR 0016, a stall of every command at every checkpoint. This keeps the account and party rows
-    of the last capture, so the writer thread copies only the accounts opened or changed since (which the state
-    lists in ``changed_accounts``), and the thread that builds the checkpoint turns only
-    those into rows. Parties never change once registered, so only the new ones get rows.
+    accounts on the VM of ADR 0016, a stall of every command at every checkpoint. This keeps the account and party
+    rows of the last capture, so the writer thread copies only the accounts opened or changed since (which the
+    state lists in ``changed_accounts``), and the thread that builds the checkpoint turns only those into rows.
+    Parties never change once registered, so only the new ones get rows.
 
     Captures must be built one at a time and in order (the writer captures only when the last build has
     finished). A build that fails makes the next capture a full one.
