@@ -14,7 +14,7 @@ import hashlib
 import heapq
 import uuid
 from collections.abc import Callable, Iterable, MutableMapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 from uuid import UUID
@@ -189,6 +189,8 @@ class Account:
     credits_posted: int = 0
     version: int = 1
     owner_id: UUID | None = None
+    #: In the state's ``changed_accounts`` since its last checkpoint capture: each account is listed once.
+    listed_as_changed: bool = field(default=False, compare=False, repr=False)
 
     @property
     def closed(self) -> bool:
@@ -329,7 +331,7 @@ class LedgerState:
         self.position = 0
         #: Deposits, received Pix, withdrawals and devoluções (ledger.pix_state), evolved by PIX events only.
         self.pix = PixState()
-        #: Accounts opened or changed since the writer's last checkpoint capture, in order and with repeats;
+        #: Accounts opened or changed since the writer's last checkpoint capture, each once, in order;
         #: ``None`` (not kept) until a capture asks for it (``ledger.application.CheckpointTables``). It may name
         #: an account a rolled-back command opened, which the state no longer holds.
         self.changed_accounts: list[Account] | None = None
@@ -358,9 +360,13 @@ class LedgerState:
         if self._journal is not None:
             self._journal.append(undo)
 
-    def _touch_account(self, account: Account) -> None:
-        if self.changed_accounts is not None:
+    def _list_as_changed(self, account: Account) -> None:
+        if self.changed_accounts is not None and not account.listed_as_changed:
+            account.listed_as_changed = True
             self.changed_accounts.append(account)
+
+    def _touch_account(self, account: Account) -> None:
+        self._list_as_changed(account)
         if self._journal is not None:
             saved = (account.balances(), account.flags, account.version)
 
@@ -419,8 +425,7 @@ class LedgerState:
             opened = self.accounts[event.originator_id] = Account(
                 event.originator_id, event.ledger, event.code, event.flags, event.reference, owner_id=event.owner_id
             )
-            if self.changed_accounts is not None:
-                self.changed_accounts.append(opened)
+            self._list_as_changed(opened)
             self._record_undo(lambda: self._forget(self.accounts, event.originator_id))
         elif isinstance(event, PartyRegistered):
             self.add_party(Party(event.originator_id, event.kind, event.name, event.document, event.email,

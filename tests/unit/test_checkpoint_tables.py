@@ -145,9 +145,15 @@ def test_a_capture_after_the_first_copies_only_the_changed_accounts(writer: Ledg
     checkpoint = tables.capture(writer.state)()
     assert sorted(copied) == sorted([settlement, wallets[0], wallets[1], *new])  # each once, however often changed
     assert len(checkpoint.accounts) == 202
-    # When the changes outnumber the accounts, copying every account is the cheaper capture.
+    # Each changed account is listed once, however often it changes.
     for n in range(60):
-        writer.transfer(CreateTransfer(f"many:{n}", settlement, wallets[n % 3], 1))
+        writer.transfer(CreateTransfer(f"again:{n}", settlement, wallets[n % 3], 1))
+    copied.clear()
+    tables.capture(writer.state)()
+    assert sorted(copied) == sorted([settlement, *wallets[:3]])
+    # When more than half the accounts changed, copying every account is the cheaper capture.
+    for n in range(101):
+        writer.transfer(CreateTransfer(f"many:{n}", settlement, wallets[n], 1))
     copied.clear()
     tables.capture(writer.state)()
     assert len(copied) == 202
