@@ -205,6 +205,13 @@ class Account:
     def row(self) -> list[object]:
         return Account.row_of(self.values())
 
+    def values_unlisted(self) -> tuple[Any, ...]:
+        """``values()``, taking the account off the list of changes (``listed_as_changed``): one visit of an
+        account a capture reaches out of memory order."""
+        self.listed_as_changed = False
+        return (self.id, self.ledger, self.code, self.flags, self.reference, self.debits_pending, self.debits_posted,
+                self.credits_pending, self.credits_posted, self.version, self.owner_id)
+
     def values(self) -> tuple[Any, ...]:
         """Every field, as they are now (a cheap copy: a checkpoint takes one of every account in the writer)."""
         return (self.id, self.ledger, self.code, self.flags, self.reference, self.debits_pending, self.debits_posted,
@@ -332,8 +339,7 @@ class LedgerState:
         #: Deposits, received Pix, withdrawals and devoluções (ledger.pix_state), evolved by PIX events only.
         self.pix = PixState()
         #: Accounts opened or changed since the writer's last checkpoint capture, each once, in order;
-        #: ``None`` (not kept) until a capture asks for it (``ledger.application.CheckpointTables``). It may name
-        #: an account a rolled-back command opened, which the state no longer holds.
+        #: ``None`` (not kept) until a capture asks for it (``ledger.application.CheckpointTables``).
         self.changed_accounts: list[Account] | None = None
         self._journal: list[Callable[[], None]] | None = None
 
@@ -364,6 +370,18 @@ class LedgerState:
         if self.changed_accounts is not None and not account.listed_as_changed:
             account.listed_as_changed = True
             self.changed_accounts.append(account)
+
+    def _forget_opened(self, account: Account) -> None:
+        """Undoes an account's opening: out of the state, and out of the list of changes (a refused command that
+        opened it had listed it), so a capture never sees it."""
+        self._forget(self.accounts, account.id)
+        changes = self.changed_accounts
+        if changes is not None and account.listed_as_changed:
+            for index in range(len(changes) - 1, -1, -1):  # listed by this command, so near the end
+                if changes[index] is account:
+                    del changes[index]
+                    break
+            account.listed_as_changed = False
 
     def _touch_account(self, account: Account) -> None:
         self._list_as_changed(account)
@@ -426,7 +444,7 @@ class LedgerState:
                 event.originator_id, event.ledger, event.code, event.flags, event.reference, owner_id=event.owner_id
             )
             self._list_as_changed(opened)
-            self._record_undo(lambda: self._forget(self.accounts, event.originator_id))
+            self._record_undo(lambda: self._forget_opened(opened))
         elif isinstance(event, PartyRegistered):
             self.add_party(Party(event.originator_id, event.kind, event.name, event.document, event.email,
                                  event.phone, event.wallet_id, event.payload_hash))
