@@ -260,13 +260,11 @@ class CheckpointTables:
         self._full_next = False
         if track:
             state.changed_accounts = []
+            state.capture_round += 1  # unlists every account, without visiting them
         if full or changed_accounts is None:
-            if track and changed_accounts is not None:
-                for account in changed_accounts:
-                    account.listed_as_changed = False
             changed = [a.values() for a in state.accounts.values()]
         else:
-            changed = [a.values_unlisted() for a in changed_accounts]
+            changed = [a.values() for a in changed_accounts]
         pending = [p.row() for p in state.pending.values()]
         parties = list(state.parties.values())  # registered parties never change: copying the list is enough
         pix = state.pix.frozen()
@@ -274,7 +272,9 @@ class CheckpointTables:
         def build() -> LedgerCheckpoint:
             try:
                 if full:
-                    self._rows, self._seed_rows, self._party_rows = {}, [], []
+                    # Every account's row is replaced below (accounts are never removed), chunk by chunk: the old
+                    # table is not dropped at once, which would free a row per account in one go.
+                    self._seed_rows = []
                 rows, party_rows, seed_rows = self._rows, self._party_rows, self._seed_rows
                 for start in range(0, len(seed_rows), CHECKPOINT_ROWS_CHUNK):
                     rows.update((row[0], row) for row in seed_rows[start:start + CHECKPOINT_ROWS_CHUNK])

@@ -189,8 +189,9 @@ class Account:
     credits_posted: int = 0
     version: int = 1
     owner_id: UUID | None = None
-    #: In the state's ``changed_accounts`` since its last checkpoint capture: each account is listed once.
-    listed_as_changed: bool = field(default=False, compare=False, repr=False)
+    #: The state's ``capture_round`` in which this account was put in its ``changed_accounts`` (each account is
+    #: listed once per round; a capture starts a new round, which unlists every account at once).
+    listed_in_round: int = field(default=0, compare=False, repr=False)
 
     @property
     def closed(self) -> bool:
@@ -204,13 +205,6 @@ class Account:
 
     def row(self) -> list[object]:
         return Account.row_of(self.values())
-
-    def values_unlisted(self) -> tuple[Any, ...]:
-        """``values()``, taking the account off the list of changes (``listed_as_changed``): one visit of an
-        account a capture reaches out of memory order."""
-        self.listed_as_changed = False
-        return (self.id, self.ledger, self.code, self.flags, self.reference, self.debits_pending, self.debits_posted,
-                self.credits_pending, self.credits_posted, self.version, self.owner_id)
 
     def values(self) -> tuple[Any, ...]:
         """Every field, as they are now (a cheap copy: a checkpoint takes one of every account in the writer)."""
@@ -339,8 +333,10 @@ class LedgerState:
         #: Deposits, received Pix, withdrawals and devoluções (ledger.pix_state), evolved by PIX events only.
         self.pix = PixState()
         #: Accounts opened or changed since the writer's last checkpoint capture, each once, in order;
-        #: ``None`` (not kept) until a capture asks for it (``ledger.application.CheckpointTables``).
+        #: ``None`` (not kept) until a capture asks for it (``ledger.application.CheckpointTables``), which then
+        #: starts a new list and a new ``capture_round``.
         self.changed_accounts: list[Account] | None = None
+        self.capture_round = 1
         self._journal: list[Callable[[], None]] | None = None
 
     # ---- undo journal -------------------------------------------------------------------------------------
@@ -367,8 +363,8 @@ class LedgerState:
             self._journal.append(undo)
 
     def _list_as_changed(self, account: Account) -> None:
-        if self.changed_accounts is not None and not account.listed_as_changed:
-            account.listed_as_changed = True
+        if self.changed_accounts is not None and account.listed_in_round != self.capture_round:
+            account.listed_in_round = self.capture_round
             self.changed_accounts.append(account)
 
     def _forget_opened(self, account: Account) -> None:
@@ -376,12 +372,12 @@ class LedgerState:
         opened it had listed it), so a capture never sees it."""
         self._forget(self.accounts, account.id)
         changes = self.changed_accounts
-        if changes is not None and account.listed_as_changed:
+        if changes is not None and account.listed_in_round == self.capture_round:
             for index in range(len(changes) - 1, -1, -1):  # listed by this command, so near the end
                 if changes[index] is account:
                     del changes[index]
                     break
-            account.listed_as_changed = False
+            account.listed_in_round = 0
 
     def _touch_account(self, account: Account) -> None:
         self._list_as_changed(account)
