@@ -11,6 +11,7 @@ from infra.postgres_store import (
     PostgresTransferLookup,
     PostgresWriterLease,
     check_durability,
+    compress_checkpoints_with_lz4,
     postgres_env,
     schema_setup,
 )
@@ -41,7 +42,10 @@ def open_ledger_app(dsn: str, *, pool_size: int = 4, read_only: bool = False) ->
     if read_only:
         return LedgerApplication(env={**postgres_env(dsn, pool_size=pool_size), "CREATE_TABLE": "n", **ledger_env()})
     with schema_setup(dsn):
-        return LedgerApplication(env={**postgres_env(dsn, pool_size=pool_size), **ledger_env()})
+        app = LedgerApplication(env={**postgres_env(dsn, pool_size=pool_size), **ledger_env()})
+        assert app.snapshots is not None
+        compress_checkpoints_with_lz4(app.snapshots.recorder)
+        return app
 
 
 def build_ledger(

@@ -169,6 +169,34 @@ class FencedApplicationRecorder(PostgresApplicationRecorder):
         return ids
 
 
+def compress_checkpoints_with_lz4(recorder: Any) -> bool:
+    """Has Postgres compress the checkpoint table's ``state`` column with lz4 instead of its default pglz, when the
+    server was built with lz4; returns whether the column uses lz4.
+
+    A checkpoint is one value of many megabytes (16 MB at 200,000 accounts), which Postgres compresses before
+    writing it. pglz took 460-660 ms of the server's CPU for 16 MB on the VM of ADR 0016, lz4 150-190 ms, for the
+    same size stored and in the WAL; the writer's commits wait behind that insert. Existing values keep their
+    compression; only new checkpoints use lz4. Run under the schema set-up lock (it is DDL, run once).
+    """
+    schema = recorder.datastore.schema or "public"
+    table = recorder.events_table_name
+    with recorder.datastore.transaction(commit=True) as curs:
+        curs.execute("SELECT 'lz4' = ANY(enumvals) AS lz4 FROM pg_settings WHERE name = 'default_toast_compression'")
+        row = curs.fetchone()
+        if row is None or not row["lz4"]:
+            return False
+        curs.execute("SELECT a.attcompression::text AS compression FROM pg_attribute a "
+                     "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+                     "WHERE n.nspname = %s AND c.relname = %s AND a.attname = 'state'", (schema, table))
+        row = curs.fetchone()
+        if row is None:
+            return False
+        if row["compression"] != "l":
+            curs.execute(sql.SQL("ALTER TABLE {}.{} ALTER COLUMN state SET COMPRESSION lz4").format(
+                sql.Identifier(schema), sql.Identifier(table)))
+    return True
+
+
 #: Serialises schema set-up (CREATE ... IF NOT EXISTS and CREATE OR REPLACE race in Postgres).
 SCHEMA_SETUP_LOCK_KEY = 0x52415A414F + 1
 

@@ -505,3 +505,27 @@ def test_the_ids_of_committed_transfers_stream_up_to_a_position(ledgers: Runtime
     assert set(lookup.originator_ids(TRANSFER_COMMITTED_TOPIC, upto=first.position)) == {transfer_id_for_key("s-1")}
     assert set(lookup.originator_ids(TRANSFER_COMMITTED_TOPIC, upto=runtime.writer.stats().position)) == {
         transfer_id_for_key("s-1"), transfer_id_for_key("s-2")}
+
+
+def test_checkpoints_are_compressed_with_lz4_when_the_server_has_it(ledgers: Runtimes) -> None:
+    runtime = ledgers.build(checkpoint_interval=3)
+    accounts = Accounts(runtime)
+    workload(runtime, accounts, "a-")
+    assert runtime.app.snapshots is not None
+    table = runtime.app.snapshots.recorder.events_table_name  # type: ignore[attr-defined]
+    has_lz4 = sql(ledgers.dsn, "SELECT 'lz4' = ANY(enumvals) FROM pg_settings "
+                               "WHERE name = 'default_toast_compression'")[0][0]
+    compression = sql(ledgers.dsn, "SELECT attcompression::text FROM pg_attribute "
+                                   "WHERE attrelid = %s::regclass AND attname = 'state'", table)[0][0]
+    assert compression == ("l" if has_lz4 else "")
+    # With enough accounts the writer's checkpoints pass the size Postgres compresses (about 2 KB): stored with
+    # lz4, and read back whole.
+    for _ in range(60):
+        open_account(runtime, AccountCode.INVESTOR_WALLET)
+    live = runtime.writer.state.fingerprint()
+    runtime.writer.stop()
+    size, method = sql(ledgers.dsn, f'SELECT octet_length(state), pg_column_compression(state) FROM "{table}" '
+                                    "ORDER BY originator_version DESC LIMIT 1")[0]
+    assert size > 4_000
+    assert method == ("lz4" if has_lz4 else "pglz")
+    assert runtime.app.load_state().fingerprint() == live
