@@ -249,10 +249,11 @@ class CheckpointTables:
     def capture(self, state: LedgerState, pause: Callable[[], None] | None = None, *,
                 track: bool = True) -> Callable[[], LedgerCheckpoint]:
         """Takes what a checkpoint of ``state`` needs, now, in the thread that owns the state, for the cost of the
-        accounts changed since the last capture (all of them at the first, after a failed build, or without
-        ``track``); returns a function that builds the checkpoint later, on any thread, calling ``pause`` between
-        chunks of work. The PIX records are immutable, so their tables are only copied here. With ``track`` the
-        state starts (or goes on) listing the accounts it changes, for the next capture."""
+        accounts changed since the last capture (every account at the first, after a failed build, without
+        ``track``, or when so many changed that a full copy is cheaper); returns a function that builds the
+        checkpoint later, on any thread, calling ``pause`` between chunks of work. The PIX records are immutable,
+        so their tables are only copied here. With ``track`` the state starts (or goes on) listing the accounts it
+        changes, for the next capture."""
         position, chain_hash = state.position, state.chain_hash
         changed_accounts = state.changed_accounts
         full = (self._full_next or changed_accounts is None or not track
