@@ -326,7 +326,7 @@ class LedgerState:
         #: from then on unknown keys must be looked up in the store before deciding.
         self.index_complete = True
         #: Every transfer id committed: those this state applied, and those before its checkpoint once the writer
-        #: has loaded them (``LedgerWriter.start``). Only an id it may hold is looked up in the store.
+        #: has loaded them (``LedgerWriter._load_state``). Only an id it may hold is looked up in the store.
         self.committed_ids = IdFilter()
         self.chain_hash = GENESIS_CHAIN_HASH
         self.position = 0

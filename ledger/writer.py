@@ -179,14 +179,7 @@ class LedgerWriter:
         """Takes the writer lease, rebuilds the state from the store and starts the writer thread."""
         self._epoch = self.lease.acquire()
         try:
-            # New tables for the new state (a checkpoint of the last one may still be building from the old ones).
-            self._checkpoint_tables = CheckpointTables()
-            self._state = self.app.load_state(tables=self._checkpoint_tables)
-            if not self._state.index_complete:
-                # Frozen first: a million short-lived ids would otherwise set off full collections that walk the
-                # whole state just loaded (4.8 s instead of 2.4 s for 1.06 million ids).
-                gc.freeze()
-                self._load_committed_ids(self._state)
+            self._state = self._load_state()
         except BaseException:
             self.lease.release()
             raise
@@ -196,6 +189,19 @@ class LedgerWriter:
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
         self._thread.start()
         return self
+
+    def _load_state(self) -> LedgerState:
+        """The state from the store (at start, and after a failed save), with every committed transfer id in its
+        filter: a key committed before the checkpoint must be found however the state was loaded."""
+        # New tables for the new state (a checkpoint of the last one may still be building from the old ones).
+        self._checkpoint_tables = CheckpointTables()
+        state = self.app.load_state(tables=self._checkpoint_tables)
+        if not state.index_complete:
+            # Frozen first: a million short-lived ids would otherwise set off full collections that walk the
+            # whole state just loaded (4.8 s instead of 2.4 s for 1.06 million ids).
+            gc.freeze()
+            self._load_committed_ids(state)
+        return state
 
     def _load_committed_ids(self, state: LedgerState) -> None:
         """Adds every transfer id committed up to the state's position to its filter (the checkpoint it started
@@ -490,8 +496,7 @@ class LedgerWriter:
     def _reload(self) -> None:
         while True:
             try:
-                self._checkpoint_tables = CheckpointTables()
-                self._state = self.app.load_state(tables=self._checkpoint_tables)
+                self._state = self._load_state()
                 return
             except Exception as exc:
                 log.error("ledger state reload failed (%r); retrying", exc)

@@ -870,6 +870,39 @@ def test_restart_from_a_checkpoint_replays_old_keys_from_the_store(app: LedgerAp
         book.writer.stop()
 
 
+def test_after_a_failed_save_an_old_key_from_before_the_checkpoint_still_replays(
+        monkeypatch: pytest.MonkeyPatch, app: LedgerApplication, clock: Clock) -> None:
+    # A failed save reloads the state from the latest checkpoint, whose state holds no transfers: the keys
+    # committed before it must still be known, exactly as after a restart, or a client's retry commits twice.
+    book = Ledger(app, clock, f"test-{uuid.uuid4()}", checkpoint_interval=4)
+    try:
+        settlement, rich, poor = book.open(SETTLEMENT), book.open(WALLET), book.open(WALLET)
+        first = book.writer.transfer(t("old", settlement, rich, 10_000))
+        activity(book, settlement, rich, poor, "a-")
+        checkpoint = app.latest_checkpoint()
+        assert checkpoint is not None and first.position is not None and checkpoint.position > first.position
+        real_append = app.append
+        calls = {"n": 0}
+
+        def flaky_append(events: Any, **kwargs: Any) -> Any:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise ConnectionError("the store went away")
+            return real_append(events, **kwargs)
+
+        monkeypatch.setattr(app, "append", flaky_append)
+        with pytest.raises(errors.LedgerUnavailable):
+            book.writer.transfer(t("lost", settlement, rich, 1))
+        book.writer.accounts(rich)  # queued after the reload: the writer has reloaded by its answer
+        assert book.writer.state.index_complete is False
+        count = book.event_count()
+        replay = book.writer.transfer(t("old", settlement, rich, 10_000))
+        assert replay.replayed and replay.position == first.position
+        assert book.event_count() == count
+    finally:
+        book.writer.stop()
+
+
 def test_state_as_of_the_position_of_a_post_can_be_rebuilt(funded: tuple[Ledger, UUID, UUID, UUID]) -> None:
     # DESIGN §4: state can be rebuilt "as of any past position"; a result's position is the one a client holds.
     book, _, rich, poor = funded
