@@ -30,6 +30,7 @@ from eventsourcing.utils import get_topic
 
 from ledger.canonical import stored_text, stored_text_in_chunks
 from ledger.events import LedgerCheckpoint, LedgerEvent, PendingTransferResolved, TransferCommitted
+from ledger.index import IdFilter
 from ledger.limits import REBUILD_PAGE_EVENTS_MAX
 from ledger.model import Account, LedgerState, PendingTransfer
 from ledger.parties import Party
@@ -175,11 +176,15 @@ class LedgerApplication(Application[UUID]):
         self.snapshots.recorder.insert_events([stored])
 
     def load_state(self, *, use_checkpoint: bool = True, upto: int | None = None,
-                   tables: CheckpointTables | None = None) -> LedgerState:
+                   tables: CheckpointTables | None = None,
+                   known_ids: tuple[IdFilter, int] | None = None) -> LedgerState:
         """Rebuilds the ledger state from the store: the latest checkpoint, then every later event.
 
         Each event's chain hash and balance transitions are re-verified while replaying. ``tables`` (the writer's)
-        start from the checkpoint's rows, so the next capture copies only what changed after it.
+        start from the checkpoint's rows, so the next capture copies only what changed after it. ``known_ids`` is
+        a filter holding every transfer id committed up to a position (a writer's, reloading after a failed
+        save): when the replay starts at or before that position, the state takes it as its ``committed_ids``,
+        adds what it replays, and so knows every committed id without streaming them from the store.
         """
         state = LedgerState()
         checkpoint = self.latest_checkpoint(upto) if use_checkpoint else None
@@ -187,6 +192,8 @@ class LedgerApplication(Application[UUID]):
             restore_checkpoint(state, checkpoint)
             if tables is not None:
                 tables.seed(state, checkpoint)
+        if known_ids is not None and state.position <= known_ids[1]:
+            state.committed_ids, state.committed_ids_complete = known_ids[0], True
         count = 0
         for notification, event in self.iter_log(after=state.position, upto=upto):
             state.apply(event, notification.id)
@@ -321,8 +328,10 @@ def restore_checkpoint(state: LedgerState, checkpoint: LedgerCheckpoint) -> None
         state.pending[pending.id] = pending
         if pending.expires_at is not None:
             state.push_expiry(pending)
-    # Transfers before the checkpoint are not in memory: unknown keys must now be looked up in the store.
+    # Transfers before the checkpoint are not in memory: unknown keys must now be looked up in the store, and the
+    # filter of committed ids knows none of them yet.
     state.index_complete = False
+    state.committed_ids_complete = False
 
 
 def ledger_env(extra: dict[str, Any] | None = None) -> dict[str, str]:

@@ -328,6 +328,9 @@ class LedgerState:
         #: Every transfer id committed: those this state applied, and those before its checkpoint once the writer
         #: has loaded them (``LedgerWriter._load_state``). Only an id it may hold is looked up in the store.
         self.committed_ids = IdFilter()
+        #: Whether ``committed_ids`` holds every id committed up to ``position``: False from a checkpoint (it holds
+        #: accounts, not transfers) until the writer streams the earlier ids in, or hands over a filter that has them.
+        self.committed_ids_complete = True
         self.chain_hash = GENESIS_CHAIN_HASH
         self.position = 0
         #: Deposits, received Pix, withdrawals and devoluções (ledger.pix_state), evolved by PIX events only.

@@ -190,17 +190,25 @@ class LedgerWriter:
         self._thread.start()
         return self
 
-    def _load_state(self) -> LedgerState:
+    def _load_state(self, previous: LedgerState | None = None) -> LedgerState:
         """The state from the store (at start, and after a failed save), with every committed transfer id in its
-        filter: a key committed before the checkpoint must be found however the state was loaded."""
+        filter: a key committed before the checkpoint must be found however the state was loaded.
+
+        After a failed save the ``previous`` state's filter is kept: it holds every id committed up to its
+        position, and the ids of the batch whose outcome is unknown (an id that was not committed only costs a
+        lookup that finds nothing). Streaming every committed id again would keep the ledger unavailable for
+        seconds per million transfers, after every failure of the store.
+        """
         # New tables for the new state (a checkpoint of the last one may still be building from the old ones).
         self._checkpoint_tables = CheckpointTables()
-        state = self.app.load_state(tables=self._checkpoint_tables)
-        if not state.index_complete:
+        known = (previous.committed_ids, previous.position) if previous is not None else None
+        state = self.app.load_state(tables=self._checkpoint_tables, known_ids=known)
+        if not state.committed_ids_complete:
             # Frozen first: a million short-lived ids would otherwise set off full collections that walk the
             # whole state just loaded (4.8 s instead of 2.4 s for 1.06 million ids).
             gc.freeze()
             self._load_committed_ids(state)
+            state.committed_ids_complete = True
         return state
 
     def _load_committed_ids(self, state: LedgerState) -> None:
@@ -494,9 +502,10 @@ class LedgerWriter:
         self._checkpointer.start()
 
     def _reload(self) -> None:
+        previous = self._state
         while True:
             try:
-                self._state = self._load_state()
+                self._state = self._load_state(previous)
                 return
             except Exception as exc:
                 log.error("ledger state reload failed (%r); retrying", exc)

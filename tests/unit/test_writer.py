@@ -28,6 +28,7 @@ from ledger import errors
 from ledger.application import CHECKPOINT_ID, LedgerApplication, ledger_env
 from ledger.chart import REQUIRED_FLAGS, AccountCode
 from ledger.events import LedgerEvent, PendingTransferExpired, PendingTransferResolved, TransferCommitted
+from ledger.index import IdFilter
 from ledger.inmemory import InMemoryWriterLease, RecorderTransferLookup
 from ledger.limits import (
     AMOUNT_CENTAVOS_MAX,
@@ -890,17 +891,62 @@ def test_after_a_failed_save_an_old_key_from_before_the_checkpoint_still_replays
                 raise ConnectionError("the store went away")
             return real_append(events, **kwargs)
 
+        after_checkpoint = book.writer.transfer(t("recent", settlement, poor, 5))
         monkeypatch.setattr(app, "append", flaky_append)
+        streamed = {"calls": 0}
+        real_ids = book.writer.lookup.originator_ids
+
+        def counted_ids(*args: Any, **kwargs: Any) -> Any:
+            streamed["calls"] += 1
+            return real_ids(*args, **kwargs)
+
+        monkeypatch.setattr(book.writer.lookup, "originator_ids", counted_ids)
         with pytest.raises(errors.LedgerUnavailable):
             book.writer.transfer(t("lost", settlement, rich, 1))
         book.writer.accounts(rich)  # queued after the reload: the writer has reloaded by its answer
-        assert book.writer.state.index_complete is False
+        state = book.writer.state
+        assert state.index_complete is False and state.committed_ids_complete is True
+        # The reload kept the filter of the state it replaced: no committed id was streamed from the store again.
+        assert streamed["calls"] == 0
         count = book.event_count()
         replay = book.writer.transfer(t("old", settlement, rich, 10_000))
         assert replay.replayed and replay.position == first.position
+        recent = book.writer.transfer(t("recent", settlement, poor, 5))
+        assert recent.replayed and recent.position == after_checkpoint.position
         assert book.event_count() == count
+        # The key whose save failed was never committed: it is decided as new, once.
+        assert book.writer.transfer(t("lost", settlement, rich, 1)).replayed is False
+        assert book.event_count() == count + 1
     finally:
         book.writer.stop()
+
+
+def test_a_reload_takes_a_known_filter_only_if_it_covers_the_checkpoint(app: LedgerApplication,
+                                                                        clock: Clock) -> None:
+    book = Ledger(app, clock, f"test-{uuid.uuid4()}")
+    try:
+        settlement, rich, poor = book.open(SETTLEMENT), book.open(WALLET), book.open(WALLET)
+        book.writer.transfer(t("before", settlement, rich, 10_000))
+        activity(book, settlement, rich, poor, "a-")
+        checkpoint = app.write_checkpoint(book.writer.state)  # the writer is idle: its state is whole
+        later = book.writer.transfer(t("after", settlement, poor, 5))
+        assert later.position is not None and later.position > checkpoint.position
+    finally:
+        book.writer.stop()
+    # A filter known up to a position before the checkpoint misses the ids between the two: not taken.
+    short = IdFilter()
+    state = app.load_state(known_ids=(short, checkpoint.position - 1))
+    assert state.committed_ids is not short and state.committed_ids_complete is False
+    assert transfer_id_for_key("before").int not in state.committed_ids
+    # Known up to the checkpoint or later: taken, and what the replay applies is added to it.
+    known = IdFilter()
+    known.add(transfer_id_for_key("before").int)
+    state = app.load_state(known_ids=(known, checkpoint.position))
+    assert state.committed_ids is known and state.committed_ids_complete is True
+    assert transfer_id_for_key("after").int in known
+    # Without a filter, a state from a checkpoint does not claim to know the ids committed before it.
+    assert app.load_state().committed_ids_complete is False
+    assert app.load_state(use_checkpoint=False).committed_ids_complete is True
 
 
 def test_state_as_of_the_position_of_a_post_can_be_rebuilt(funded: tuple[Ledger, UUID, UUID, UUID]) -> None:
