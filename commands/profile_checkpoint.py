@@ -12,19 +12,29 @@ as a run of transfers would between two checkpoints, and times, on this thread:
   the longest stretch between two pauses is the longest the writer thread can be kept waiting for the
   interpreter lock, beside the total.
 
-The insert into Postgres is not timed here (it releases the interpreter lock); ``razao bench ledger`` measures
-the whole writer in service.
+With ``--insert`` it also saves each encoded checkpoint into a throwaway database on the configured Postgres,
+once through the library's recorder and once through the one the ledger uses (``infra.postgres_store.
+BinaryStateRecorder``), while a ticker thread wakes every millisecond: its longest wait is the longest the
+insert held the interpreter lock, which is how long every command of the writer waits meanwhile.
+``razao bench ledger`` measures the whole writer in service.
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.postgres import PostgresAggregateRecorder
+
+from commands.bootstrap import open_ledger_app
+from infra.postgres_store import BinaryStateRecorder
+from infra.settings import drop_database, ensure_database, load_settings, with_database
 from ledger.application import CHECKPOINT_ROW_LISTS, CHECKPOINT_ROWS_CHUNK, CheckpointTables, LedgerApplication
 from ledger.canonical import stored_text, stored_text_in_chunks
 from ledger.model import Account, LedgerState
@@ -80,7 +90,7 @@ def _encode(checkpoint: Any, pause: Callable[[], None] | None) -> bytes:
     return stored_text_in_chunks(state, CHECKPOINT_ROW_LISTS, CHECKPOINT_ROWS_CHUNK, pause)
 
 
-def profile(accounts: int, changed: int) -> dict[str, float]:
+def profile(accounts: int, changed: int) -> tuple[dict[str, float], bytes]:
     state = _state(accounts)
     tables = CheckpointTables()
     tables.capture(state)()  # the writer's first capture is a full one; the next is measured
@@ -106,7 +116,55 @@ def profile(accounts: int, changed: int) -> dict[str, float]:
             "build_ms": 1e3 * build_s, "build_longest_ms": 1e3 * build_longest_s,
             "encode_whole_ms": 1e3 * encode_whole_s, "encode_chunked_ms": 1e3 * encode_chunked_s,
             "encode_longest_ms": 1e3 * chunks.finish(), "megabytes": len(encoded) / 1e6, "seed_ms": 1e3 * seed_s,
-            "first_build_ms": 1e3 * first_build_s, "first_build_longest_ms": 1e3 * first_build_longest_s}
+            "first_build_ms": 1e3 * first_build_s, "first_build_longest_ms": 1e3 * first_build_longest_s}, encoded
+
+
+class Ticker:
+    """A thread that sleeps a millisecond at a time and records its longest wait: while another thread holds the
+    interpreter lock, it cannot wake."""
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ticker", daemon=True)
+
+    def _run(self) -> None:
+        last = time.perf_counter()
+        while not self._stop.is_set():
+            time.sleep(0.001)
+            now = time.perf_counter()
+            self.longest = max(self.longest, now - last)
+            last = now
+
+    def __enter__(self) -> Ticker:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def insert_costs(dsn: str, state: bytes) -> dict[str, float]:
+    """Inserts ``state`` as one checkpoint row through the library's recorder and through the ledger's: the time
+    of each insert and the longest stretch it held the interpreter lock."""
+    app = open_ledger_app(dsn)
+    try:
+        assert app.snapshots is not None
+        ours = app.snapshots.recorder
+        assert isinstance(ours, BinaryStateRecorder)
+        library = PostgresAggregateRecorder(ours.datastore, events_table_name=ours.events_table_name)
+        costs: dict[str, float] = {}
+        for name, recorder in (("library", library), ("ledger", ours)):
+            stored = StoredEvent(originator_id=uuid.uuid4(), originator_version=1, topic="profile", state=state)
+            with Ticker() as ticker:
+                started = time.perf_counter()
+                recorder.insert_events([stored])
+                took_s = time.perf_counter() - started
+            costs[f"{name}_ms"], costs[f"{name}_held_ms"] = 1e3 * took_s, 1e3 * ticker.longest
+        return costs
+    finally:
+        app.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -116,18 +174,36 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="ledger sizes, comma separated (default 10000,100000,1000000)")
     parser.add_argument("--changed", type=int, default=20_000,
                         help="accounts changed since the last checkpoint (default 20000; at most the size)")
+    parser.add_argument("--insert", action="store_true",
+                        help="also time saving each checkpoint into Postgres (a throwaway database)")
     args = parser.parse_args(argv)
+    dsn = with_database(load_settings().pg_dsn, f"razao_profile_{uuid.uuid4().hex[:8]}") if args.insert else None
+    if dsn is not None:
+        ensure_database(dsn)
+    try:
+        _print_profiles(args, dsn)
+    finally:
+        if dsn is not None:
+            drop_database(dsn)
+    return 0
+
+
+def _print_profiles(args: argparse.Namespace, dsn: str | None) -> None:
     print("accounts  changed | writer-thread capture ms: all / changed only | background build ms: total / "
           "longest stretch | encode ms: one call / in chunks / longest chunk | MB | after a restart: seed ms, "
           "first build ms total / longest")
     for accounts in (int(a) for a in args.accounts.split(",")):
         changed = min(args.changed, accounts)
-        r = profile(accounts, changed)
+        r, encoded = profile(accounts, changed)
         print(f"{accounts:>8} {changed:>8} | {r['capture_all_ms']:10.1f} / {r['capture_changed_ms']:8.1f} | "
               f"{r['build_ms']:10.1f} / {r['build_longest_ms']:6.1f} | {r['encode_whole_ms']:8.1f} / "
               f"{r['encode_chunked_ms']:8.1f} / {r['encode_longest_ms']:6.1f} | {r['megabytes']:6.1f} | "
               f"{r['seed_ms']:5.1f}, {r['first_build_ms']:7.1f} / {r['first_build_longest_ms']:5.1f}")
-    return 0
+        if dsn is not None:
+            c = insert_costs(dsn, encoded)
+            print(f"{'':>17} | insert ms (longest hold of the interpreter lock): library's recorder "
+                  f"{c['library_ms']:.0f} ({c['library_held_ms']:.1f}), the ledger's {c['ledger_ms']:.0f} "
+                  f"({c['ledger_held_ms']:.1f})")
 
 
 if __name__ == "__main__":

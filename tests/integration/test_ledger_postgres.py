@@ -18,10 +18,11 @@ from uuid import UUID
 
 import psycopg
 import pytest
+from eventsourcing.persistence import IntegrityError, StoredEvent
 from psycopg.sql import SQL as sql_text
 
 from commands.bootstrap import LedgerRuntime, build_ledger
-from infra.postgres_store import WRITER_LEASE_NAME, PostgresTransferLookup
+from infra.postgres_store import WRITER_LEASE_NAME, BinaryStateRecorder, PostgresTransferLookup
 from ledger import errors
 from ledger.chart import REQUIRED_FLAGS, AccountCode
 from ledger.events import TRANSFER_COMMITTED_TOPIC, PendingTransferResolved
@@ -528,4 +529,32 @@ def test_checkpoints_are_compressed_with_lz4_when_the_server_has_it(ledgers: Run
                                     "ORDER BY originator_version DESC LIMIT 1")[0]
     assert size > 4_000
     assert method == ("lz4" if has_lz4 else "pglz")
+    assert runtime.app.load_state().fingerprint() == live
+
+
+def test_checkpoints_are_saved_through_the_binary_recorder_whole_and_all_or_nothing(ledgers: Runtimes) -> None:
+    runtime = ledgers.build()
+    assert runtime.app.snapshots is not None
+    recorder = runtime.app.snapshots.recorder
+    # The library's recorder escapes the state as text while holding the interpreter lock (docs/benchmarks.md).
+    assert isinstance(recorder, BinaryStateRecorder)
+    # Every byte value, and the ones text escaping treats specially, come back as they were sent.
+    state = bytes(range(256)) * 64 + b"\\x00'\"{},\\\\"
+    owner = uuid.uuid4()
+    recorder.insert_events([StoredEvent(originator_id=owner, originator_version=1, topic="t", state=state)])
+    [stored] = recorder.select_events(owner)
+    assert (stored.originator_version, stored.topic, stored.state) == (1, "t", state)
+    # Rows saved together are saved together: a duplicate among them leaves none of them.
+    with pytest.raises(IntegrityError):
+        recorder.insert_events([StoredEvent(originator_id=owner, originator_version=2, topic="t", state=b"2"),
+                                StoredEvent(originator_id=owner, originator_version=1, topic="t", state=b"1")])
+    assert [e.originator_version for e in recorder.select_events(owner)] == [1]
+    # The ledger's own checkpoints go through it and restore the live state.
+    accounts = Accounts(runtime)
+    workload(runtime, accounts, "b-")
+    live = runtime.writer.state.fingerprint()
+    runtime.writer.stop()
+    checkpoint = runtime.app.write_checkpoint(runtime.app.load_state())
+    latest = runtime.app.latest_checkpoint()
+    assert latest is not None and (latest.position, latest.chain_hash) == (checkpoint.position, checkpoint.chain_hash)
     assert runtime.app.load_state().fingerprint() == live
