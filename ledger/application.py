@@ -94,10 +94,6 @@ class LedgerMapper(Mapper[UUID]):
                            state=text)
 
 
-#: Copying every account, in memory order, costs 0.4 to 1.3 µs an account; taking the changed ones from the list,
-#: in the order they changed and so out of the CPU's caches, 2 to 3.6 µs each (``python -m
-#: commands.profile_checkpoint``): when more than one account in this many changed, the writer copies them all.
-CAPTURE_CHANGED_COST_RATIO = 3
 #: The checkpoint's lists with a row per account or party (a million of each on a large ledger).
 CHECKPOINT_ROW_LISTS = ("accounts", "parties")
 #: Rows encoded (or built) between two calls of a background checkpoint's ``pause``.
@@ -225,11 +221,15 @@ class LedgerApplication(Application[UUID]):
 class CheckpointTables:
     """The writer's checkpoints, built from what changed since the last capture rather than from every account.
 
-    ``LedgerApplication.capture_checkpoint`` copies every account in the writer thread: 1.1 s for a million
-    accounts on the VM of ADR 0016, a stall of every command at every checkpoint. This keeps the account and party
-    rows of the last capture, so the writer thread copies only the accounts opened or changed since (which the
-    state lists in ``changed_accounts``), and the thread that builds the checkpoint turns only those into rows.
+    Copying every account in the writer thread stalls every command at every checkpoint: 1.1 s for a million
+    accounts on the VM of ADR 0016. This keeps the account and party rows of the last capture, so only the
+    accounts opened or changed since (which the state lists in ``changed_accounts``) are turned into rows again.
     Parties never change once registered, so only the new ones get rows.
+
+    The writer thread copies nothing: a capture takes the list of changed accounts (or, for a full one, a list of
+    every account) by reference, and the build reads each account's fields on its own thread while the writer goes
+    on. An account the writer changes before the build is over has its fields as of the capture saved first, by
+    the state, on its first change since (``LedgerState.saved_for_build``), and the build takes those (ADR 0017).
 
     Captures must be built one at a time and in order (the writer captures only when the last build has
     finished). A build that fails makes the next capture a full one.
@@ -255,27 +255,38 @@ class CheckpointTables:
 
     def capture(self, state: LedgerState, pause: Callable[[], None] | None = None, *,
                 track: bool = True) -> Callable[[], LedgerCheckpoint]:
-        """Takes what a checkpoint of ``state`` needs, now, in the thread that owns the state, for the cost of the
-        accounts changed since the last capture (every account at the first, after a failed build, without
-        ``track``, or when so many changed that a full copy is cheaper); returns a function that builds the
-        checkpoint later, on any thread, calling ``pause`` between chunks of work. The PIX records are immutable,
-        so their tables are only copied here. With ``track`` the state starts (or goes on) listing the accounts it
-        changes, for the next capture."""
+        """Takes what a checkpoint of ``state`` needs, now, in the thread that owns the state; returns a function
+        that builds the checkpoint later, on any thread, calling ``pause`` between chunks of work. The PIX records
+        are immutable, so their tables are only copied here.
+
+        With ``track`` (the writer) the accounts are taken by reference: those changed since the last capture, or
+        all of them at the first, after a failed build, or before the state lists its changes; the state saves
+        the fields of any of them it changes before the build is over. The state then starts (or goes on)
+        listing the accounts it changes, for the next capture. Without ``track`` every account is copied now.
+        """
         position, chain_hash = state.position, state.chain_hash
         changed_accounts = state.changed_accounts
-        full = (self._full_next or changed_accounts is None or not track
-                or len(changed_accounts) * CAPTURE_CHANGED_COST_RATIO > len(state.accounts))
+        full = self._full_next or changed_accounts is None or not track
         self._full_next = False
-        if track:
+        saved: dict[int, tuple[Any, ...]] | None = None
+        if not track:
+            accounts: list[Any] = [a.values() for a in state.accounts.values()]
+        else:
+            accounts = list(state.accounts.values()) if full or changed_accounts is None else changed_accounts
+            saved = state.saved_for_build = {}
             state.changed_accounts = []
             state.capture_round += 1  # unlists every account, without visiting them
-        if full or changed_accounts is None:
-            changed = [a.values() for a in state.accounts.values()]
-        else:
-            changed = [a.values() for a in changed_accounts]
         pending = [p.row() for p in state.pending.values()]
         parties = list(state.parties.values())  # registered parties never change: copying the list is enough
         pix = state.pix.frozen()
+
+        def values_at_capture(account: Account) -> tuple[Any, ...]:
+            assert saved is not None
+            # Read first, then look for saved fields: the state saves them before it changes anything, so if
+            # none were saved by now, nothing changed before or while these were read. (A saved entry's key is
+            # the ``id`` of an account alive since the capture: ``accounts`` holds it, so no other has its id.)
+            values = account.values()
+            return saved.get(id(account), values)
 
         def build() -> LedgerCheckpoint:
             try:
@@ -289,9 +300,9 @@ class CheckpointTables:
                     if pause is not None:
                         pause()
                 self._seed_rows = []
-                for start in range(0, len(changed), CHECKPOINT_ROWS_CHUNK):
-                    for values in changed[start:start + CHECKPOINT_ROWS_CHUNK]:
-                        row = Account.row_of(values)
+                for start in range(0, len(accounts), CHECKPOINT_ROWS_CHUNK):
+                    for item in accounts[start:start + CHECKPOINT_ROWS_CHUNK]:
+                        row = Account.row_of(item if saved is None else values_at_capture(item))
                         rows[row[0]] = row
                     if pause is not None:
                         pause()
@@ -310,6 +321,9 @@ class CheckpointTables:
             except BaseException:
                 self._full_next = True
                 raise
+            finally:
+                if saved is not None and state.saved_for_build is saved:
+                    state.saved_for_build = None  # this build is over: the state stops saving fields for it
 
         return build
 

@@ -340,6 +340,9 @@ class LedgerState:
         #: starts a new list and a new ``capture_round``.
         self.changed_accounts: list[Account] | None = None
         self.capture_round = 1
+        #: While a checkpoint captured by reference is being built on another thread: the fields an account had at
+        #: the capture, saved (by ``id`` of the account) when it is first changed after it (copy-on-write).
+        self.saved_for_build: dict[int, tuple[Any, ...]] | None = None
         self._journal: list[Callable[[], None]] | None = None
 
     # ---- undo journal -------------------------------------------------------------------------------------
@@ -366,9 +369,14 @@ class LedgerState:
             self._journal.append(undo)
 
     def _list_as_changed(self, account: Account) -> None:
+        """Called before every change of an account: the first change since the last capture lists it, and keeps
+        its fields as of that capture for the checkpoint being built meanwhile, if any."""
         if self.changed_accounts is not None and account.listed_in_round != self.capture_round:
             account.listed_in_round = self.capture_round
             self.changed_accounts.append(account)
+            saved = self.saved_for_build
+            if saved is not None:
+                saved[id(account)] = account.values()
 
     def _forget_opened(self, account: Account) -> None:
         """Undoes an account's opening: out of the state, and out of the list of changes (a refused command that

@@ -28,7 +28,6 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-import ledger.application
 from infra.postgres_store import PostgresTransferLookup, PostgresWriterLease, postgres_env
 from ledger import errors
 from ledger.application import LedgerApplication, ledger_env
@@ -337,11 +336,9 @@ def make_machine(dsn: str) -> type[RuleBasedStateMachine]:
     return LedgerMachine
 
 
-def test_ledger_state_machine(fresh_database: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The writer checkpoints every 3 events (a run has up to about 20), and each checkpoint after the first copies
-    # only the changes, which a ledger this small would otherwise skip as dearer than a full copy (ADR 0016); the
-    # restarts then load such checkpoints. (At 25 events, as before, no run ever wrote one.)
-    monkeypatch.setattr(ledger.application, "CAPTURE_CHANGED_COST_RATIO", 0)
+def test_ledger_state_machine(fresh_database: str) -> None:
+    # The writer checkpoints every 3 events (a run has up to about 20), each after the first from the changes
+    # since the last (ADR 0016, 0017), and the restarts load them. (At 25 events, as before, no run ever wrote one.)
     machine = make_machine(fresh_database)
     run_state_machine_as_test(
         machine,

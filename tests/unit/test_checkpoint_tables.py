@@ -17,6 +17,8 @@ from uuid import UUID
 import orjson
 import pytest
 
+import ledger.application
+from ledger import errors
 from ledger.application import (
     CHECKPOINT_ID,
     CHECKPOINT_ROWS_CHUNK,
@@ -30,7 +32,7 @@ from ledger.canonical import stored_text, stored_text_in_chunks
 from ledger.chart import REQUIRED_FLAGS, AccountCode
 from ledger.events import AccountOpened, LedgerCheckpoint
 from ledger.inmemory import InMemoryWriterLease, RecorderTransferLookup
-from ledger.model import Account, CreateTransfer, LedgerState, OpenAccount
+from ledger.model import Account, CreateLinkedTransfers, CreateTransfer, LedgerState, OpenAccount
 from ledger.parties import RegisterParty
 from ledger.writer import LedgerWriter
 
@@ -135,8 +137,10 @@ def test_a_capture_after_the_first_copies_only_the_changed_accounts(writer: Ledg
     writer.open_account(OpenAccount(settlement, AccountCode.PIX_SETTLEMENT, REQUIRED_FLAGS[AccountCode.PIX_SETTLEMENT]))
     wallets = open_wallets(writer, 200)
     tables = CheckpointTables()
-    tables.capture(writer.state)()
-    assert len(copied) == 201  # the first capture copies every account
+    build = tables.capture(writer.state)
+    assert copied == []  # the writer thread copies nothing: the build reads the accounts
+    build()
+    assert len(copied) == 201  # the first capture takes every account
     copied.clear()
     writer.transfer(CreateTransfer("a", settlement, wallets[0], 100))
     writer.transfer(CreateTransfer("b", settlement, wallets[0], 100))
@@ -151,12 +155,54 @@ def test_a_capture_after_the_first_copies_only_the_changed_accounts(writer: Ledg
     copied.clear()
     tables.capture(writer.state)()
     assert sorted(copied) == sorted([settlement, *wallets[:3]])
-    # When more than a third of the accounts changed, copying every account is the cheaper capture.
-    for n in range(70):
+    # However many changed, only those are read again.
+    for n in range(150):
         writer.transfer(CreateTransfer(f"many:{n}", settlement, wallets[n], 1))
     copied.clear()
     tables.capture(writer.state)()
-    assert len(copied) == 202
+    assert sorted(copied) == sorted([settlement, *wallets[:150]])
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["every-account", "changes"])
+def test_a_build_sees_the_accounts_as_they_were_at_the_capture(writer: LedgerWriter, first: bool,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # The build runs while the writer goes on changing accounts: what it reads must be the state at the capture.
+    monkeypatch.setattr(ledger.application, "CHECKPOINT_ROWS_CHUNK", 3)  # a pause every 3 accounts
+    settlement = uuid.uuid4()
+    writer.open_account(OpenAccount(settlement, AccountCode.PIX_SETTLEMENT, REQUIRED_FLAGS[AccountCode.PIX_SETTLEMENT]))
+    wallets = open_wallets(writer, 30)
+    for n, wallet in enumerate(wallets):
+        writer.transfer(CreateTransfer(f"fund:{n}", settlement, wallet, 1_000))
+    tables = CheckpointTables()
+    if not first:
+        tables.capture(writer.state)()
+        for n in range(12):
+            writer.transfer(CreateTransfer(f"before:{n}", wallets[n], wallets[n + 1], 10))
+    state = writer.state
+    writes: list[str] = []
+
+    def writer_goes_on() -> None:
+        # Between two chunks of the build: the first changes since the capture (of accounts the build has read
+        # and of ones it has not), a linked batch refused after it changed accounts (rolled back), a new account.
+        step = len(writes)
+        writes.append("")
+        if step == 1:
+            with pytest.raises(errors.LinkedBatchFailed):
+                writer.linked(CreateLinkedTransfers((CreateTransfer("l1", wallets[5], wallets[6], 1),
+                                                     CreateTransfer("l2", wallets[7], wallets[8], 10**9))))
+        elif step == 2:
+            open_wallets(writer, 1)
+        else:
+            writer.transfer(CreateTransfer(f"during:{step}", wallets[12 - step], wallets[29 - step], 7))
+
+    build = tables.capture(state, writer_goes_on)
+    at_capture = LedgerApplication.capture_checkpoint(state)()  # every account copied, now (the writer is idle)
+    checkpoint = build()
+    assert len(writes) >= 5, "the build did not run while the writer changed accounts"
+    assert rows_of(checkpoint) == rows_of(at_capture)
+    assert state.saved_for_build is None  # the build is over: nothing more is saved for it
+    # The next capture takes what changed during the build.
+    assert rows_of(tables.capture(state)()) == rows_of(LedgerApplication.capture_checkpoint(state)())
 
 
 def test_an_account_opened_by_a_command_rolled_back_leaves_no_row(writer: LedgerWriter, copied: list[UUID]) -> None:
