@@ -958,7 +958,10 @@ def _run_ledger_side(dsn: str, options: LedgerBenchOptions, say: Callable[[str],
         # finds a key committed before the restart). Measure that writer, not a fresh one whose index is
         # complete and never looks anything up.
         t0 = time.perf_counter()
-        runtime.app.write_checkpoint(runtime.writer.state)
+        runtime.writer.stop()  # waits for a checkpoint the writer may be saving in the background
+        latest = runtime.app.latest_checkpoint()
+        if latest is None or latest.position != runtime.writer.state.position:
+            runtime.app.write_checkpoint(runtime.writer.state)
         runtime.close()
         runtime = build()
         assert not runtime.writer.state.index_complete, "the restarted writer must load the checkpoint"
