@@ -329,7 +329,7 @@ class CheckpointTables:
 
 
 def restore_checkpoint(state: LedgerState, checkpoint: LedgerCheckpoint) -> None:
-    state.position = checkpoint.position
+    state.position = state.checkpoint_position = checkpoint.position
     state.chain_hash = checkpoint.chain_hash
     for row in checkpoint.accounts:
         account = Account.from_row(row)

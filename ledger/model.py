@@ -333,6 +333,8 @@ class LedgerState:
         self.committed_ids_complete = True
         self.chain_hash = GENESIS_CHAIN_HASH
         self.position = 0
+        #: The position of the checkpoint this state was restored from (0: replayed from the start).
+        self.checkpoint_position = 0
         #: Deposits, received Pix, withdrawals and devoluções (ledger.pix_state), evolved by PIX events only.
         self.pix = PixState()
         #: Accounts opened or changed since the writer's last checkpoint capture, each once, in order;
@@ -581,9 +583,10 @@ class LedgerState:
             for i, v in enumerate(a.balances()):
                 assert 0 <= v <= BALANCE_CENTAVOS_MAX, f"balance field out of range on {a.id}"
                 totals[i] += v
-            if a.flags & AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS:
+            # Plain ints, not the enum: its operators run in Python (0.8 s of a restart at 200,000 accounts).
+            if a.flags & _DEBITS_MUST_NOT_EXCEED_CREDITS:
                 assert a.debits_pending + a.debits_posted <= a.credits_posted, f"{a.id} is negative"
-            if a.flags & AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS:
+            if a.flags & _CREDITS_MUST_NOT_EXCEED_DEBITS:
                 assert a.credits_pending + a.credits_posted <= a.debits_posted, f"{a.id} exceeds debits"
         assert totals[0] == totals[2], "pending debits != pending credits"
         assert totals[1] == totals[3], "posted debits != posted credits"

@@ -183,8 +183,7 @@ class LedgerWriter:
         except BaseException:
             self.lease.release()
             raise
-        checkpoint = self.app.latest_checkpoint()
-        self._last_checkpoint = checkpoint.position if checkpoint else 0
+        self._last_checkpoint = self._state.checkpoint_position
         gc.freeze()  # the state just loaded lives as long as the writer
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
         self._thread.start()
@@ -201,7 +200,9 @@ class LedgerWriter:
         """
         # New tables for the new state (a checkpoint of the last one may still be building from the old ones).
         self._checkpoint_tables = CheckpointTables()
-        known = (previous.committed_ids, previous.position) if previous is not None else None
+        known = None
+        if previous is not None and previous.committed_ids_complete:
+            known = (previous.committed_ids, previous.position)
         state = self.app.load_state(tables=self._checkpoint_tables, known_ids=known)
         if not state.committed_ids_complete:
             # Frozen first: a million short-lived ids would otherwise set off full collections that walk the

@@ -921,6 +921,29 @@ def test_after_a_failed_save_an_old_key_from_before_the_checkpoint_still_replays
         book.writer.stop()
 
 
+
+def test_a_restarted_writer_counts_its_checkpoint_interval_from_the_checkpoint_it_loaded(
+        app: LedgerApplication, clock: Clock) -> None:
+    book = Ledger(app, clock, f"test-{uuid.uuid4()}", checkpoint_interval=5)
+    try:
+        settlement, rich = book.open(SETTLEMENT), book.open(WALLET)
+        for n in range(5):
+            book.writer.transfer(t(f"in-{n}", settlement, rich, 100))
+        checkpoint = app.latest_checkpoint()
+        assert checkpoint is not None
+        book.restart()
+        assert book.writer.state.checkpoint_position == checkpoint.position
+        # Fewer events than the interval since that checkpoint: none is written yet.
+        events = book.event_count()
+        while book.event_count() - checkpoint.position < 4:
+            book.writer.transfer(t(f"more-{book.event_count()}", settlement, rich, 1))
+        assert app.latest_checkpoint() == checkpoint
+        book.writer.transfer(t("one-more", settlement, rich, 1))  # the fifth event since it
+        latest = app.latest_checkpoint()
+        assert latest is not None and latest.position == checkpoint.position + 5 > events
+    finally:
+        book.writer.stop()
+
 def test_a_reload_takes_a_known_filter_only_if_it_covers_the_checkpoint(app: LedgerApplication,
                                                                         clock: Clock) -> None:
     book = Ledger(app, clock, f"test-{uuid.uuid4()}")
