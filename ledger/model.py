@@ -562,7 +562,7 @@ class LedgerState:
         """Whether a transfer id must be looked up in the store before deciding: the index does not hold it but
         it may have been committed (always False while the index is complete)."""
         return (not self.index_complete and transfer_id not in self.transfers
-                and transfer_id.int in self.committed_ids)
+                and (not self.committed_ids_complete or transfer_id.int in self.committed_ids))
 
     def remember(self, event: TransferCommitted, position: int | None, resolution: str | None) -> None:
         """Puts a transfer loaded from the store back into the idempotency index (not a state change)."""

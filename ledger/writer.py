@@ -26,6 +26,7 @@ from uuid import UUID
 from ledger import errors
 from ledger.application import CheckpointTables, LedgerApplication
 from ledger.events import TRANSFER_COMMITTED_TOPIC, LedgerEvent
+from ledger.index import IdFilter
 from ledger.limits import (
     CHECKPOINT_EVENTS_INTERVAL,
     COMMAND_TIMEOUT_S_MAX,
@@ -72,6 +73,91 @@ CHECKPOINT_PAUSE_S = 0.005
 
 def _yield_interpreter() -> None:
     time.sleep(CHECKPOINT_PAUSE_S)
+
+
+#: Ids per chunk handed from the stream of committed ids to the writer thread (a few ms of filter adds).
+COMMITTED_IDS_CHUNK = 2_000
+#: Chunks the stream may read ahead of the writer thread (bounds its memory on a long log).
+COMMITTED_IDS_CHUNKS_AHEAD = 16
+#: How long the writer thread adds streamed ids between two batches while commands are waiting.
+COMMITTED_IDS_ABSORB_S = 0.002
+#: How often an idle writer looks for streamed ids (it otherwise waits up to a second for a command).
+COMMITTED_IDS_IDLE_POLL_S = 0.01
+#: How long stopping the writer waits for a stream of committed ids to give its connection back.
+COMMITTED_IDS_JOIN_S = 5.0
+#: A failed stream reports its error after this long, so a store that is down is not asked again at once.
+COMMITTED_IDS_RETRY_S = 1.0
+
+
+class CommittedIdStream:
+    """Reads the id of every transfer committed up to ``upto`` on a thread of its own, in chunks the writer thread
+    adds to its state's filter between batches (``absorb``): only the writer thread ever touches the filter.
+
+    Until every id is in, the state says its filter is incomplete, and every transfer id its index does not hold
+    is looked up in the store (``LedgerState.needs_lookup``): a starting writer serves at once, more slowly,
+    instead of being unavailable for seconds per million committed transfers (ADR 0015).
+    """
+
+    def __init__(self, lookup: TransferLookup, upto: int) -> None:
+        self.upto = upto
+        self.added = 0
+        self.started = time.monotonic()
+        self._chunks: queue.Queue[list[int] | Exception | None] = queue.Queue(COMMITTED_IDS_CHUNKS_AHEAD)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._stream, args=(lookup,), name="ledger-committed-ids",
+                                        daemon=True)
+        self._thread.start()
+
+    def _stream(self, lookup: TransferLookup) -> None:
+        try:
+            chunk: list[int] = []
+            for transfer_id in lookup.originator_ids(TRANSFER_COMMITTED_TOPIC, upto=self.upto):
+                chunk.append(transfer_id.int)
+                if len(chunk) >= COMMITTED_IDS_CHUNK:
+                    if not self._put(chunk):
+                        return
+                    chunk = []
+            if chunk and not self._put(chunk):
+                return
+            self._put(None)
+        except Exception as exc:
+            self._stop.wait(COMMITTED_IDS_RETRY_S)
+            self._put(exc)
+
+    def _put(self, item: list[int] | Exception | None) -> bool:
+        """Hands ``item`` over, waiting while the writer is behind; False if the stream was cancelled."""
+        while not self._stop.is_set():
+            try:
+                self._chunks.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def absorb(self, committed_ids: IdFilter, budget_s: float | None) -> bool:
+        """In the writer thread: adds the ids streamed so far to ``committed_ids`` for about ``budget_s`` (None:
+        every chunk ready); True once the last one is in. Raises the stream's error, if it failed."""
+        deadline = None if budget_s is None else time.monotonic() + budget_s
+        add = committed_ids.add
+        while deadline is None or time.monotonic() < deadline:
+            try:
+                item = self._chunks.get_nowait()
+            except queue.Empty:
+                return False
+            if item is None:
+                return True
+            if isinstance(item, Exception):
+                raise item
+            for value in item:
+                add(value)
+            self.added += len(item)
+        return False
+
+    def cancel(self, wait_s: float = 0.0) -> None:
+        """Stops the stream; waits up to ``wait_s`` for its thread to give its connection back."""
+        self._stop.set()
+        if wait_s:
+            self._thread.join(wait_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +249,8 @@ class LedgerWriter:
         self._checkpointer: threading.Thread | None = None
         #: Rows of the last checkpoint, so the next one copies only what changed since (one build at a time).
         self._checkpoint_tables = CheckpointTables()
+        #: Reads the ids committed before the state's checkpoint while the writer serves (None once they are in).
+        self._id_stream: CommittedIdStream | None = None
         # SimpleQueue (in C, no condition variable) costs a tenth of queue.Queue per put and get on the hot path;
         # its depth limit is checked in ``submit`` (a few commands over the limit under a race are harmless).
         self._queue: queue.SimpleQueue[_Submission | None] = queue.SimpleQueue()
@@ -204,23 +292,35 @@ class LedgerWriter:
         if previous is not None and previous.committed_ids_complete:
             known = (previous.committed_ids, previous.position)
         state = self.app.load_state(tables=self._checkpoint_tables, known_ids=known)
+        self._cancel_id_stream()
         if not state.committed_ids_complete:
-            # Frozen first: a million short-lived ids would otherwise set off full collections that walk the
-            # whole state just loaded (4.8 s instead of 2.4 s for 1.06 million ids).
+            # The checkpoint holds accounts, not transfers: the ids committed before it are streamed in while the
+            # writer serves. Frozen first: the state just loaded lives as long as the writer, and the stream's
+            # short-lived ids would otherwise set off full collections that walk all of it.
             gc.freeze()
-            self._load_committed_ids(state)
-            state.committed_ids_complete = True
+            self._id_stream = CommittedIdStream(self.lookup, state.position)
         return state
 
-    def _load_committed_ids(self, state: LedgerState) -> None:
-        """Adds every transfer id committed up to the state's position to its filter (the checkpoint it started
-        from holds accounts, not transfers), so that a new id is never looked up in the store."""
-        started, streamed = time.monotonic(), 0
-        for transfer_id in self.lookup.originator_ids(TRANSFER_COMMITTED_TOPIC, upto=state.position):
-            state.committed_ids.add(transfer_id.int)
-            streamed += 1
-        log.info("ledger writer: %d committed transfer ids loaded in %.1f s (filter of %d KB)",
-                 streamed, time.monotonic() - started, state.committed_ids.nbytes // 1024)
+    def _absorb_ids(self, busy: bool) -> None:
+        """Adds streamed committed ids to the state's filter: a few ms' worth when commands wait, else all ready."""
+        stream, state = self._id_stream, self._state
+        assert stream is not None and state is not None
+        try:
+            finished = stream.absorb(state.committed_ids, COMMITTED_IDS_ABSORB_S if busy else None)
+        except Exception as exc:  # the ids read so far stay in the filter (an id there twice is harmless)
+            log.error("streaming the committed transfer ids failed (%r); starting again", exc)
+            self._id_stream = CommittedIdStream(self.lookup, stream.upto)
+            return
+        if finished:
+            state.committed_ids_complete = True
+            self._id_stream = None
+            log.info("ledger writer: %d committed transfer ids loaded in %.1f s (filter of %d KB)",
+                     stream.added, time.monotonic() - stream.started, state.committed_ids.nbytes // 1024)
+
+    def _cancel_id_stream(self, wait_s: float = 0.0) -> None:
+        if self._id_stream is not None:
+            self._id_stream.cancel(wait_s)
+            self._id_stream = None
 
     def stop(self) -> None:
         """Finishes the commands already queued, then stops and releases the lease."""
@@ -231,6 +331,7 @@ class LedgerWriter:
         if self._checkpointer is not None:  # a checkpoint being saved finishes under this writer's lease
             self._checkpointer.join(CHECKPOINT_JOIN_S_MAX)
             self._checkpointer = None
+        self._cancel_id_stream(COMMITTED_IDS_JOIN_S)
         self.lease.release()
 
     def __enter__(self) -> LedgerWriter:
@@ -307,6 +408,8 @@ class LedgerWriter:
         try:
             while True:
                 batch, stop = self._collect()
+                if self._id_stream is not None:
+                    self._absorb_ids(busy=bool(batch))
                 if batch:
                     self._process(batch)
                 elif self._state is not None:
@@ -322,7 +425,7 @@ class LedgerWriter:
     def _collect(self) -> tuple[list[_Submission], bool]:
         """Waits for one command, then gathers more for at most ``wait_ms`` or ``commands_max``."""
         try:
-            first = self._queue.get(timeout=1.0)
+            first = self._queue.get(timeout=1.0 if self._id_stream is None else COMMITTED_IDS_IDLE_POLL_S)
         except queue.Empty:
             return [], False
         if first is None:

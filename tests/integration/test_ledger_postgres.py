@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -213,7 +214,12 @@ def test_replay_after_restart_of_a_key_older_than_the_checkpoint(ledgers: Runtim
     state = second.writer.state
     assert state.index_complete is False
     assert transfer_id_for_key("old-dep-a") not in state.transfers
-    # Streamed from the store at start: the filter that sends only possibly old keys to the store.
+    # Streamed from the store after start, in the background: the filter that sends only possibly old keys to the
+    # store (until it is whole, every key the index does not hold is looked up).
+    deadline = time.monotonic() + 30
+    while not state.committed_ids_complete:
+        assert time.monotonic() < deadline, "the committed ids were never all streamed in"
+        time.sleep(0.01)
     assert transfer_id_for_key("old-dep-a").int in state.committed_ids
     count = event_count(ledgers.dsn, events_table(second))
     # Looked up in the store: the originals come back, with their positions.

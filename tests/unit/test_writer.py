@@ -1315,13 +1315,35 @@ def test_a_cancelled_submission_is_skipped_and_the_writer_goes_on(funded: tuple[
 
 
 class CountingLookup(RecorderTransferLookup):
+    """Records the ids each lookup asks for; the stream of committed ids waits for ``release`` (set at first)."""
+
     def __init__(self, app: LedgerApplication) -> None:
         super().__init__(app.recorder)
         self.asked: list[set[UUID]] = []
+        self.streams = 0
+        self.release = threading.Event()
+        self.release.set()
+        self.fail_next_stream = False
 
     def find(self, transfer_ids: Any) -> Any:
         self.asked.append(set(transfer_ids))
         return super().find(transfer_ids)
+
+    def originator_ids(self, topic: str, upto: int) -> Iterator[UUID]:
+        self.streams += 1
+        assert self.release.wait(WAIT_S), "the stream was never released"
+        if self.fail_next_stream:
+            self.fail_next_stream = False
+            raise ConnectionError("the store went away while streaming")
+        yield from super().originator_ids(topic, upto)
+
+
+def wait_for_committed_ids(writer: LedgerWriter) -> None:
+    """Waits until the writer has every committed transfer id in its filter (streamed in the background)."""
+    deadline = time.monotonic() + WAIT_S
+    while not writer.state.committed_ids_complete:
+        assert time.monotonic() < deadline, "the committed ids were never all loaded"
+        time.sleep(0.005)
 
 
 def test_after_a_restart_only_keys_that_may_be_old_are_looked_up(app: LedgerApplication, clock: Clock) -> None:
@@ -1335,6 +1357,7 @@ def test_after_a_restart_only_keys_that_may_be_old_are_looked_up(app: LedgerAppl
     lookup = CountingLookup(app)
     writer = LedgerWriter(app, InMemoryWriterLease(book.lease_name), lookup, clock=clock, wait_ms=1.0).start()
     try:
+        wait_for_committed_ids(writer)
         assert writer.state.index_complete is False
         old_id = transfer_id_for_key("old")
         assert old_id not in writer.state.transfers and old_id.int in writer.state.committed_ids
@@ -1349,5 +1372,81 @@ def test_after_a_restart_only_keys_that_may_be_old_are_looked_up(app: LedgerAppl
         with pytest.raises(errors.PendingTransferAlreadyPosted):
             writer.execute(post("a-p1-again", "a-h1"), timeout_s=WAIT_S)
         assert lookup.asked[-1] >= {transfer_id_for_key("a-h1")}
+    finally:
+        writer.stop()
+
+
+def test_a_restarted_writer_serves_while_it_streams_the_committed_ids(
+        monkeypatch: pytest.MonkeyPatch, app: LedgerApplication, clock: Clock) -> None:
+    # The ids committed before the checkpoint are read in the background: until they are all in the filter, every
+    # key the index does not hold is looked up in the store, so old keys replay and new ones commit once.
+    monkeypatch.setattr(ledger.writer, "COMMITTED_IDS_CHUNK", 3)  # the ids arrive in several chunks
+    book = Ledger(app, clock, f"test-{uuid.uuid4()}", checkpoint_interval=4)
+    settlement, rich, poor = book.open(SETTLEMENT), book.open(WALLET), book.open(WALLET)
+    old = book.writer.transfer(t("old", settlement, rich, 10_000))
+    activity(book, settlement, rich, poor, "a-")
+    book.writer.stop()
+    lookup = CountingLookup(app)
+    lookup.release.clear()  # the stream is held back: the writer must serve without it
+    writer = LedgerWriter(app, InMemoryWriterLease(book.lease_name), lookup, clock=clock, wait_ms=1.0).start()
+    try:
+        assert writer.state.committed_ids_complete is False
+        replay = writer.transfer(t("old", settlement, rich, 10_000))
+        assert replay.replayed and replay.position == old.position
+        new = writer.transfer(t("new-1", rich, poor, 1))
+        assert new.replayed is False
+        assert {transfer_id_for_key("new-1")} in lookup.asked  # a new key is looked up while the filter is partial
+        assert writer.state.committed_ids_complete is False
+        # A stream that fails is started again; the writer keeps serving meanwhile.
+        lookup.fail_next_stream = True
+        lookup.release.set()
+        wait_for_committed_ids(writer)
+        assert lookup.streams == 2
+        filter_ = writer.state.committed_ids
+        assert all(transfer_id_for_key(k).int in filter_ for k in ("old", "a-in", "a-h1", "a-l2"))
+        # Once every id is in, a new key is decided without asking the store; an old one is still found.
+        lookup.asked.clear()
+        writer.transfer(t("new-2", rich, poor, 1))
+        assert lookup.asked == []
+        assert writer.transfer(t("new-1", rich, poor, 1)).replayed  # still in the index
+        assert writer.transfer(t("old", settlement, rich, 10_000)).position == old.position
+        assert app.load_state(use_checkpoint=False).fingerprint() == writer.state.fingerprint()
+    finally:
+        writer.stop()
+
+
+def test_a_failed_save_while_the_ids_stream_starts_the_stream_again(
+        monkeypatch: pytest.MonkeyPatch, app: LedgerApplication, clock: Clock) -> None:
+    book = Ledger(app, clock, f"test-{uuid.uuid4()}", checkpoint_interval=4)
+    settlement, rich, poor = book.open(SETTLEMENT), book.open(WALLET), book.open(WALLET)
+    old = book.writer.transfer(t("old", settlement, rich, 10_000))
+    activity(book, settlement, rich, poor, "a-")
+    book.writer.stop()
+    lookup = CountingLookup(app)
+    lookup.release.clear()
+    writer = LedgerWriter(app, InMemoryWriterLease(book.lease_name), lookup, clock=clock, wait_ms=1.0).start()
+    real_append = app.append
+    calls = {"n": 0}
+
+    def flaky_append(events: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ConnectionError("the store went away")
+        return real_append(events, **kwargs)
+
+    monkeypatch.setattr(app, "append", flaky_append)
+    try:
+        with pytest.raises(errors.LedgerUnavailable):
+            writer.transfer(t("lost", settlement, rich, 1))
+        writer.accounts(rich)  # answered after the reload
+        # The reloaded state had no whole filter to keep: it streams the ids again, on a new stream.
+        assert writer.state.committed_ids_complete is False
+        lookup.release.set()
+        wait_for_committed_ids(writer)
+        assert lookup.streams == 2
+        assert writer.transfer(t("old", settlement, rich, 10_000)).position == old.position
+        count = book.event_count()
+        assert writer.transfer(t("lost", settlement, rich, 1)).replayed is False
+        assert book.event_count() == count + 1
     finally:
         writer.stop()
