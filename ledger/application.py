@@ -156,8 +156,8 @@ class LedgerApplication(Application[UUID]):
                            pause: Callable[[], None] | None = None) -> Callable[[], LedgerCheckpoint]:
         """Takes what a checkpoint of ``state`` needs, now, in the thread that owns the state; returns a function
         that builds the checkpoint from it later, on any thread (calling ``pause`` between chunks of work). Every
-        account is copied; the writer uses ``CheckpointTables``, which copies only what changed since its last
-        capture."""
+        account is copied now; the writer uses ``CheckpointTables``, which copies none on its own thread and rebuilds
+        the rows of only what changed since its last capture."""
         return CheckpointTables().capture(state, pause, track=False)
 
     def save_checkpoint(self, checkpoint: LedgerCheckpoint, pause: Callable[[], None] | None = None) -> None:

@@ -815,6 +815,21 @@ def test_the_stored_log_verifies_offline(funded: tuple[Ledger, UUID, UUID, UUID]
     assert book.writer.state.chain_hash == previous
 
 
+def fail_first_append(monkeypatch: pytest.MonkeyPatch, app: LedgerApplication) -> None:
+    """The application's next save fails before reaching the store (its outcome is unknown to the writer); the
+    ones after it work."""
+    real_append = app.append
+    calls = {"n": 0}
+
+    def flaky_append(events: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ConnectionError("the store went away")
+        return real_append(events, **kwargs)
+
+    monkeypatch.setattr(app, "append", flaky_append)
+
+
 def activity(book: Ledger, settlement: UUID, rich: UUID, poor: UUID, prefix: str) -> None:
     w = book.writer
     w.transfer(t(f"{prefix}in", settlement, poor, 700))
@@ -882,17 +897,8 @@ def test_after_a_failed_save_an_old_key_from_before_the_checkpoint_still_replays
         activity(book, settlement, rich, poor, "a-")
         checkpoint = app.latest_checkpoint()
         assert checkpoint is not None and first.position is not None and checkpoint.position > first.position
-        real_append = app.append
-        calls = {"n": 0}
-
-        def flaky_append(events: Any, **kwargs: Any) -> Any:
-            calls["n"] += 1
-            if calls["n"] == 1:
-                raise ConnectionError("the store went away")
-            return real_append(events, **kwargs)
-
         after_checkpoint = book.writer.transfer(t("recent", settlement, poor, 5))
-        monkeypatch.setattr(app, "append", flaky_append)
+        fail_first_append(monkeypatch, app)
         streamed = {"calls": 0}
         real_ids = book.writer.lookup.originator_ids
 
@@ -1025,16 +1031,7 @@ def test_a_failed_save_answers_unavailable_and_a_retry_commits_once(
     monkeypatch: pytest.MonkeyPatch, funded: tuple[Ledger, UUID, UUID, UUID]
 ) -> None:
     book, _, rich, poor = funded
-    real_append = book.app.append
-    calls = {"n": 0}
-
-    def flaky_append(events: Any, **kwargs: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise ConnectionError("the store went away")
-        return real_append(events, **kwargs)
-
-    monkeypatch.setattr(book.app, "append", flaky_append)
+    fail_first_append(monkeypatch, book.app)
     count = book.event_count()
     with pytest.raises(errors.LedgerUnavailable):
         book.writer.transfer(t("pay", rich, poor, 1_000))
@@ -1346,14 +1343,21 @@ def wait_for_committed_ids(writer: LedgerWriter) -> None:
         time.sleep(0.005)
 
 
-def test_after_a_restart_only_keys_that_may_be_old_are_looked_up(app: LedgerApplication, clock: Clock) -> None:
-    # Restarted from a checkpoint, the writer's index holds no transfer from before it. New keys must not cost a
-    # trip to the store (that was every batch, about a fifth of the throughput); an old key still must.
+def stopped_after_old_keys(app: LedgerApplication, clock: Clock) -> tuple[Ledger, UUID, UUID, UUID, TransferResult]:
+    """A ledger whose key "old" and whose ``activity`` lie before its latest checkpoint, its writer stopped: the
+    next writer starts from that checkpoint, with no transfer in its index."""
     book = Ledger(app, clock, f"test-{uuid.uuid4()}", checkpoint_interval=4)
     settlement, rich, poor = book.open(SETTLEMENT), book.open(WALLET), book.open(WALLET)
     old = book.writer.transfer(t("old", settlement, rich, 10_000))
     activity(book, settlement, rich, poor, "a-")
     book.writer.stop()
+    return book, settlement, rich, poor, old
+
+
+def test_after_a_restart_only_keys_that_may_be_old_are_looked_up(app: LedgerApplication, clock: Clock) -> None:
+    # Restarted from a checkpoint, the writer's index holds no transfer from before it. New keys must not cost a
+    # trip to the store (that was every batch, about a fifth of the throughput); an old key still must.
+    book, settlement, rich, poor, old = stopped_after_old_keys(app, clock)
     lookup = CountingLookup(app)
     writer = LedgerWriter(app, InMemoryWriterLease(book.lease_name), lookup, clock=clock, wait_ms=1.0).start()
     try:
@@ -1381,11 +1385,7 @@ def test_a_restarted_writer_serves_while_it_streams_the_committed_ids(
     # The ids committed before the checkpoint are read in the background: until they are all in the filter, every
     # key the index does not hold is looked up in the store, so old keys replay and new ones commit once.
     monkeypatch.setattr(ledger.writer, "COMMITTED_IDS_CHUNK", 3)  # the ids arrive in several chunks
-    book = Ledger(app, clock, f"test-{uuid.uuid4()}", checkpoint_interval=4)
-    settlement, rich, poor = book.open(SETTLEMENT), book.open(WALLET), book.open(WALLET)
-    old = book.writer.transfer(t("old", settlement, rich, 10_000))
-    activity(book, settlement, rich, poor, "a-")
-    book.writer.stop()
+    book, settlement, rich, poor, old = stopped_after_old_keys(app, clock)
     lookup = CountingLookup(app)
     lookup.release.clear()  # the stream is held back: the writer must serve without it
     writer = LedgerWriter(app, InMemoryWriterLease(book.lease_name), lookup, clock=clock, wait_ms=1.0).start()
@@ -1417,24 +1417,11 @@ def test_a_restarted_writer_serves_while_it_streams_the_committed_ids(
 
 def test_a_failed_save_while_the_ids_stream_starts_the_stream_again(
         monkeypatch: pytest.MonkeyPatch, app: LedgerApplication, clock: Clock) -> None:
-    book = Ledger(app, clock, f"test-{uuid.uuid4()}", checkpoint_interval=4)
-    settlement, rich, poor = book.open(SETTLEMENT), book.open(WALLET), book.open(WALLET)
-    old = book.writer.transfer(t("old", settlement, rich, 10_000))
-    activity(book, settlement, rich, poor, "a-")
-    book.writer.stop()
+    book, settlement, rich, _, old = stopped_after_old_keys(app, clock)
     lookup = CountingLookup(app)
     lookup.release.clear()
     writer = LedgerWriter(app, InMemoryWriterLease(book.lease_name), lookup, clock=clock, wait_ms=1.0).start()
-    real_append = app.append
-    calls = {"n": 0}
-
-    def flaky_append(events: Any, **kwargs: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise ConnectionError("the store went away")
-        return real_append(events, **kwargs)
-
-    monkeypatch.setattr(app, "append", flaky_append)
+    fail_first_append(monkeypatch, app)
     try:
         with pytest.raises(errors.LedgerUnavailable):
             writer.transfer(t("lost", settlement, rich, 1))
