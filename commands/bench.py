@@ -35,6 +35,7 @@ import math
 import os
 import platform
 import random
+import statistics
 import sys
 import threading
 import time
@@ -99,6 +100,9 @@ OTHER_CORES_CLEAN_MAX = 0.25
 #: Errors that mean "no answer" rather than "refused": they count separately and should never happen here.
 NO_ANSWER_CODES = frozenset({errors.LedgerUnavailable.code, errors.LedgerOverloaded.code})
 DRIVERS = ("threads", "inflight", "open", "batched")
+#: Paired rounds after the sweeps (see ``_run_paired_rounds``).
+PAIRS_DEFAULT = 3
+PAIRS_MAX = 20
 GC_MODES = ("default", "disabled")
 
 # --------------------------------------------------------------------------------------------------------------
@@ -152,6 +156,10 @@ def _register_ledger(subsystems: argparse._SubParsersAction[argparse.ArgumentPar
     p.add_argument("--pool-size", type=int, default=4, help="writer: event store connection pool (default 4)")
     p.add_argument("--baseline-clients", default="8,16,32,64",
                    help="plain-SQL concurrencies to try; the best is the baseline (default 8,16,32,64)")
+    p.add_argument("--pairs", type=int, default=PAIRS_DEFAULT,
+                   help="rounds that measure the ledger's random pairs and the best baseline back to back, after "
+                        f"the sweeps; the ratio targets are judged on their median (default {PAIRS_DEFAULT}, "
+                        "0 to judge the sweeps)")
     p.add_argument("--no-baseline", action="store_true", help="skip the plain-SQL baseline")
     p.add_argument("--no-rebuild-check", action="store_true",
                    help="skip rebuilding the ledger from its event log at the end")
@@ -200,6 +208,7 @@ class LedgerBenchOptions:
     gc_mode: str = "default"
     batch_clients: int = 4
     batch_size: int = 50
+    pairs: int = PAIRS_DEFAULT
 
     def __post_init__(self) -> None:
         _require(0 < self.seconds <= SECONDS_MAX, "seconds out of range")
@@ -218,6 +227,7 @@ class LedgerBenchOptions:
         _require(0 < self.batch_size <= TRANSFERS_PER_COMMAND_MAX,
                  f"batch size must be 1..{TRANSFERS_PER_COMMAND_MAX}")
         _require(self.gc_mode in GC_MODES, f"gc mode must be one of {GC_MODES}")
+        _require(0 <= self.pairs <= PAIRS_MAX, f"pairs must be 0..{PAIRS_MAX}")
         _require(all(0 < k <= BASELINE_CLIENTS_MAX for k in self.baseline_clients),
                  f"baseline clients must be 1..{BASELINE_CLIENTS_MAX}")
 
@@ -226,11 +236,12 @@ class LedgerBenchOptions:
         defaults = {"warmup_seconds": 1.0, "wallets": 10_000, "drivers": DRIVERS, "open_rate_per_s": 5_000.0,
                     "commands_max": GROUP_COMMIT_COMMANDS_MAX, "wait_ms": GROUP_COMMIT_WAIT_MS_MAX, "pool_size": 4,
                     "baseline_clients": (8, 16, 32, 64), "rebuild_check": True, "seed": 1, "gc_mode": "default",
-                    "batch_clients": 4, "batch_size": 50}
+                    "batch_clients": 4, "batch_size": 50, "pairs": PAIRS_DEFAULT}
         flags = {"warmup_seconds": "--warmup-seconds", "wallets": "--wallets", "drivers": "--drivers",
                  "open_rate_per_s": "--open-rate", "commands_max": "--commands-max", "wait_ms": "--wait-ms",
                  "pool_size": "--pool-size", "baseline_clients": "--baseline-clients", "seed": "--seed",
-                 "gc_mode": "--gc", "batch_clients": "--batch-clients", "batch_size": "--batch-size"}
+                 "gc_mode": "--gc", "batch_clients": "--batch-clients", "batch_size": "--batch-size",
+                 "pairs": "--pairs"}
         for name, flag in flags.items():
             value = getattr(self, name)
             if value != defaults[name]:
@@ -252,7 +263,7 @@ def options_from(args: argparse.Namespace) -> LedgerBenchOptions:
         pool_size=args.pool_size,
         baseline_clients=() if args.no_baseline else tuple(int(k) for k in args.baseline_clients.split(",") if k),
         rebuild_check=not args.no_rebuild_check, seed=args.seed, gc_mode=args.gc,
-        batch_clients=args.batch_clients, batch_size=args.batch_size,
+        batch_clients=args.batch_clients, batch_size=args.batch_size, pairs=args.pairs,
     )
 
 
@@ -817,11 +828,12 @@ def ledger_checks(runtime: LedgerRuntime, dsn: str, counts_before: tuple[int, in
 
 
 def run_ledger_scenario(runtime: LedgerRuntime, dsn: str, setup: LedgerSetup, options: LedgerBenchOptions, *,
-                        driver: str, workload_name: str, meter: CpuMeter) -> Measurement:
+                        driver: str, workload_name: str, meter: CpuMeter, round_label: str = "") -> Measurement:
+    """One ledger scenario; ``round_label`` tells a paired round's keys from the sweep's (same keys would replay)."""
     wallets = options.wallets
     workload = random_pairs(wallets) if workload_name == "random" else hot_credit(wallets, wallets)
     run_s = options.warmup_seconds + options.seconds
-    prefix = f"bench:{driver}:{workload_name}"
+    prefix = f"bench:{driver}:{workload_name}{round_label}"
     target = LedgerTarget(runtime, setup.wallet_ids)
     counts_before = store_counts(runtime, dsn)
     writer_before = runtime.writer.stats()
@@ -878,8 +890,8 @@ class SqlTarget:
         return self.client.transfer(*prepared)
 
 
-def run_baseline_scenario(dsn: str, options: LedgerBenchOptions, clients: int, workload_name: str,
-                          meter: CpuMeter) -> Measurement:
+def run_baseline_scenario(dsn: str, options: LedgerBenchOptions, clients: int, workload_name: str, *,
+                          meter: CpuMeter, round_label: str = "") -> Measurement:
     accounts = options.wallets
     workload = random_pairs(accounts) if workload_name == "random" else hot_credit(accounts, accounts)
     before = sql_baseline.totals(dsn)
@@ -887,7 +899,8 @@ def run_baseline_scenario(dsn: str, options: LedgerBenchOptions, clients: int, w
     cpu_before = meter.snapshot()
     try:
         records, start = drive_threads(lambda i: targets[i], clients, options.warmup_seconds + options.seconds,
-                                       workload, key_prefix=f"sql:{clients}:{workload_name}", seed=options.seed)
+                                       workload, key_prefix=f"sql:{clients}:{workload_name}{round_label}",
+                                       seed=options.seed)
         # Read the CPU before closing: a Postgres backend's CPU time leaves /proc with its process.
         cores = meter.cores(cpu_before)
     finally:
@@ -929,12 +942,10 @@ def run_ledger_bench(options: LedgerBenchOptions, server_dsn: str | None = None,
             f"fsync={facts['fsync']} (PostgreSQL {facts['server_version']}; one-row commit p50 "
             f"{facts['single_row_commit_ms_p50']} ms)")
         meter = CpuMeter(local_server=_is_local(dsn))
-        scenarios, setup_facts, rebuild = _run_ledger_side(dsn, options, say, meter)
-        sweep = _run_baseline_side(dsn, options, say, meter)
+        runs = _run_scenarios(dsn, options, say, meter)
     finally:
         drop_database(dsn)
-    return build_report(options, started, machine, facts, setup_facts, ledger=scenarios, baseline=sweep,
-                        rebuild=rebuild)
+    return build_report(options, started, machine, facts, runs)
 
 
 def _is_local(dsn: str) -> bool:
@@ -942,8 +953,34 @@ def _is_local(dsn: str) -> bool:
     return str(host) in ("localhost", "127.0.0.1", "::1") or str(host).startswith("/")
 
 
-def _run_ledger_side(dsn: str, options: LedgerBenchOptions, say: Callable[[str], None], meter: CpuMeter,
-                     ) -> tuple[list[Measurement], dict[str, Any], dict[str, Any] | None]:
+@dataclass
+class BenchRuns:
+    """Everything one bench run measured, in the order it ran."""
+
+    setup: dict[str, Any]
+    ledger: list[Measurement]
+    baseline: list[Measurement]
+    rounds: list[PairedRound]
+    rebuild: dict[str, Any] | None
+
+
+@dataclass
+class PairedRound:
+    """The ledger's random pairs (one measurement per judged driver) and the best baseline, back to back."""
+
+    index: int
+    order: str  # "ledger first" or "baseline first"
+    ledger: list[Measurement]
+    baseline: Measurement
+
+    def ratio(self, driver: str) -> float | None:
+        m = next((m for m in self.ledger if m.driver == driver), None)
+        return _ratio(m.transfers_per_s if m else None, self.baseline.transfers_per_s)
+
+
+def _run_scenarios(dsn: str, options: LedgerBenchOptions, say: Callable[[str], None], meter: CpuMeter) -> BenchRuns:
+    """The ledger's sweep, the baseline's sweep, the paired rounds, then the rebuild check, on one ledger writer
+    (idle while the plain-SQL ledger runs)."""
     def build() -> LedgerRuntime:
         # Checkpoints are built and saved off the writer thread, as in the API process that hosts the writer.
         return build_ledger(dsn, start=True, pool_size=options.pool_size, commands_max=options.commands_max,
@@ -978,6 +1015,8 @@ def _run_ledger_side(dsn: str, options: LedgerBenchOptions, say: Callable[[str],
                 say(f"ledger {workload} ({driver}) for {options.warmup_seconds:g}+{options.seconds:g} s ...")
                 scenarios.append(run_ledger_scenario(runtime, dsn, setup, options, driver=driver,
                                                      workload_name=workload, meter=meter))
+        sweep = _run_baseline_side(dsn, options, say, meter)
+        rounds = _run_paired_rounds(runtime, dsn, setup, options, sweep=sweep, say=say, meter=meter)
         rebuild = None
         if options.rebuild_check:
             say("rebuilding the ledger from its event log ...")
@@ -985,7 +1024,43 @@ def _run_ledger_side(dsn: str, options: LedgerBenchOptions, say: Callable[[str],
     finally:
         gc.enable()
         runtime.close()
-    return scenarios, setup_facts, rebuild
+    return BenchRuns(setup_facts, scenarios, sweep, rounds, rebuild)
+
+
+def judged_drivers(drivers: Sequence[str]) -> tuple[str, ...]:
+    """The drivers whose ratio to the baseline is a target: the headline, and ``batched`` when it runs."""
+    headline = "threads" if "threads" in drivers else drivers[0]
+    return (headline,) if headline == "batched" or "batched" not in drivers else (headline, "batched")
+
+
+def _run_paired_rounds(runtime: LedgerRuntime, dsn: str, setup: LedgerSetup, options: LedgerBenchOptions, *,
+                       sweep: list[Measurement], say: Callable[[str], None], meter: CpuMeter) -> list[PairedRound]:
+    """Measures the judged ledger drivers on random pairs and the best baseline concurrency back to back,
+    ``options.pairs`` times, alternating which goes first.
+
+    The sweeps run minutes apart, and the speed of a shared VM drifts over minutes (here by up to 2x for the same
+    loop): a ratio of two numbers taken that far apart measures the drift as much as the ledgers. Each round's
+    ratio compares numbers taken seconds apart, and alternating the order cancels a steady drift."""
+    baseline_random = [m for m in sweep if m.workload == "random"]
+    if not options.pairs or not baseline_random:
+        return []
+    clients = max(baseline_random, key=lambda m: m.transfers_per_s).clients
+    drivers = judged_drivers(options.drivers)
+    rounds = []
+    for index in range(1, options.pairs + 1):
+        label, ledger_first = f":round{index}", index % 2 == 1
+        say(f"paired round {index} of {options.pairs}: {'ledger' if ledger_first else 'baseline'} first ...")
+        measured: list[Measurement] = []
+        base: Measurement | None = None
+        for side in ("ledger", "baseline") if ledger_first else ("baseline", "ledger"):
+            if side == "ledger":
+                measured = [run_ledger_scenario(runtime, dsn, setup, options, driver=driver, workload_name="random",
+                                                meter=meter, round_label=label) for driver in drivers]
+            else:
+                base = run_baseline_scenario(dsn, options, clients, "random", meter=meter, round_label=label)
+        assert base is not None
+        rounds.append(PairedRound(index, "ledger first" if ledger_first else "baseline first", measured, base))
+    return rounds
 
 
 def _run_baseline_side(dsn: str, options: LedgerBenchOptions, say: Callable[[str], None],
@@ -996,10 +1071,10 @@ def _run_baseline_side(dsn: str, options: LedgerBenchOptions, say: Callable[[str
     sweep = []
     for clients in options.baseline_clients:
         say(f"baseline random with {clients} connections for {options.warmup_seconds:g}+{options.seconds:g} s ...")
-        sweep.append(run_baseline_scenario(dsn, options, clients, "random", meter))
+        sweep.append(run_baseline_scenario(dsn, options, clients, "random", meter=meter))
     best = max(sweep, key=lambda m: m.transfers_per_s)
     say(f"baseline hot with {best.clients} connections ...")
-    sweep.append(run_baseline_scenario(dsn, options, best.clients, "hot", meter))
+    sweep.append(run_baseline_scenario(dsn, options, best.clients, "hot", meter=meter))
     return sweep
 
 
@@ -1008,13 +1083,13 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def build_report(options: LedgerBenchOptions, started: datetime, machine: dict[str, Any], server: dict[str, Any],
-                 setup: dict[str, Any], *,
-                 ledger: list[Measurement], baseline: list[Measurement],
-                 rebuild: dict[str, Any] | None) -> dict[str, Any]:
+                 runs: BenchRuns) -> dict[str, Any]:
+    setup, ledger, baseline, rebuild = runs.setup, runs.ledger, runs.baseline, runs.rebuild
+
     def find(driver: str, workload: str) -> Measurement | None:
         return next((m for m in ledger if m.driver == driver and m.workload == workload), None)
 
-    headline = "threads" if "threads" in options.drivers else options.drivers[0]
+    headline = judged_drivers(options.drivers)[0]
     random_m, hot_m = find(headline, "random"), find(headline, "hot")
     baseline_random = [m for m in baseline if m.workload == "random"]
     best = max(baseline_random, key=lambda m: m.transfers_per_s) if baseline_random else None
@@ -1029,6 +1104,10 @@ def build_report(options: LedgerBenchOptions, started: datetime, machine: dict[s
             "ledger_hot_over_baseline_hot": _ratio(h.transfers_per_s if h else None,
                                                    baseline_hot.transfers_per_s if baseline_hot else None),
         }
+        paired = [r.ratio(driver) for r in runs.rounds]
+        if runs.rounds and all(x is not None for x in paired):
+            ratios[driver]["paired_ledger_random_over_baseline"] = paired
+            ratios[driver]["paired_median"] = round(statistics.median(x for x in paired if x is not None), 3)
     ratios["baseline_hot_over_random"] = _ratio(baseline_hot.transfers_per_s if baseline_hot else None,
                                                 best.transfers_per_s if best else None)
     targets = _targets(headline, random_m, hot_m, best, ratios.get(headline, {}))
@@ -1043,8 +1122,9 @@ def build_report(options: LedgerBenchOptions, started: datetime, machine: dict[s
         for m in (find("open", "random"), find("open", "hot")):
             if m:
                 targets.append(_target(f"{m.name} p99 ms", "open", m.latency_ms["p99"], TARGET_P99_MS, at_most=True))
-    checks = [m.checks.get("passed", False) for m in ledger + baseline] + ([rebuild["passed"]] if rebuild else [])
-    other = [m.extra.get("cores_used", {}).get("other") for m in ledger + baseline]
+    measured = ledger + baseline + [m for r in runs.rounds for m in (*r.ledger, r.baseline)]
+    checks = [m.checks.get("passed", False) for m in measured] + ([rebuild["passed"]] if rebuild else [])
+    other = [m.extra.get("cores_used", {}).get("other") for m in measured]
     other_max = max((o for o in other if o is not None), default=None)
     return {
         "schema": JSON_SCHEMA,
@@ -1062,6 +1142,9 @@ def build_report(options: LedgerBenchOptions, started: datetime, machine: dict[s
         "scenarios": [asdict(m) for m in ledger],
         "baseline": [asdict(m) for m in baseline],
         "baseline_best_clients": best.clients if best else None,
+        "paired_rounds": [{"round": r.index, "order": r.order, "ledger": [asdict(m) for m in r.ledger],
+                           "baseline": asdict(r.baseline),
+                           "ratios": {m.driver: r.ratio(m.driver) for m in r.ledger}} for r in runs.rounds],
         "ratios": ratios,
         "targets": targets,
         "rebuild_check": rebuild,
@@ -1088,7 +1171,12 @@ def _targets(driver: str, random_m: Measurement | None, hot_m: Measurement | Non
     if random_m and driver != "open":  # an open loop's throughput is its offered rate: it says nothing of capacity
         add("ledger random transfers/s", random_m.transfers_per_s, TARGET_TRANSFERS_PER_S)
     if best:
-        add("ledger random / baseline", ratios.get("ledger_random_over_baseline"), TARGET_BASELINE_RATIO)
+        # Judged on the paired rounds when there are any: the sweeps' own ratio compares runs minutes apart.
+        paired = ratios.get("paired_median")
+        add("ledger random / baseline", ratios.get("ledger_random_over_baseline") if paired is None else paired,
+            TARGET_BASELINE_RATIO)
+        targets[-1]["basis"] = ("sweeps" if paired is None
+                                else f"median of {len(ratios['paired_ledger_random_over_baseline'])} paired rounds")
     if hot_m:
         add("hot / random", ratios.get("hot_over_random"), TARGET_HOT_RATIO)
     for m in (random_m, hot_m):
@@ -1140,14 +1228,24 @@ def render_report(report: dict[str, Any]) -> str:
                      f"hot / random = {_fmt(r['hot_over_random'])}, "
                      f"ledger hot / baseline hot = {_fmt(r['ledger_hot_over_baseline_hot'])}")
     lines.append(f"baseline hot / baseline random = {_fmt(report['ratios'].get('baseline_hot_over_random'))}")
+    for r in report["paired_rounds"]:
+        measured = ", ".join(f"{m['driver']} {m['transfers_per_s']:,.0f}/s ({_fmt(r['ratios'][m['driver']])})"
+                             for m in r["ledger"])
+        lines.append(f"paired round {r['round']} ({r['order']}): baseline {r['baseline']['transfers_per_s']:,.0f}/s "
+                     f"at {r['baseline']['clients']} connections; ledger random {measured}")
+    for driver, r in report["ratios"].items():
+        if isinstance(r, dict) and "paired_median" in r:
+            lines.append(f"paired ratio ({driver}): median {_fmt(r['paired_median'])} of "
+                         f"{', '.join(_fmt(x) for x in r['paired_ledger_random_over_baseline'])}")
     rebuild = report["rebuild_check"]
     if rebuild:
         lines.append(f"rebuild from the log: {rebuild['events']} events in {rebuild['seconds']} s, "
                      f"{'same state' if rebuild['passed'] else 'DIFFERENT STATE'}")
     lines.append("")
     for t in report["targets"]:
+        basis = f"; {t['basis']}" if "basis" in t else ""
         lines.append(f"{'PASS' if t['pass'] else 'MISS'}  {t['name']} ({t['driver']}): {_fmt(t['value'])} "
-                     f"(target {t['comparison']} {t['target']:g})")
+                     f"(target {t['comparison']} {t['target']:g}{basis})")
     lines.append(f"consistency checks: {'all passed' if report['checks_passed'] else 'FAILED'}")
     interference = report["interference"]
     if not interference["clean"]:

@@ -28,7 +28,7 @@ def report(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> dict
     code = bench.main([
         "ledger", "--seconds", "1", "--warmup-seconds", "0.2", "--wallets", "500", "--clients", "16",
         "--open-rate", "300", "--batch-clients", "2", "--batch-size", "10", "--baseline-clients", "2,4",
-        "--dsn", settings.pg_dsn, "--json", str(path),
+        "--pairs", "2", "--dsn", settings.pg_dsn, "--json", str(path),
     ])
     assert code == 0, "the bench failed its consistency checks (exit code 3) or could not run"
     loaded: dict[str, Any] = json.loads(Path(path).read_text())
@@ -65,11 +65,36 @@ def test_report_has_every_field(report: dict[str, Any]) -> None:
         ("hot / random", "batched"), ("ledger random p99 ms", "batched"), ("ledger hot p99 ms", "batched"),
     ]
     assert all(isinstance(t["pass"], bool) for t in report["targets"])
+    for t in report["targets"]:
+        if t["name"] == "ledger random / baseline":
+            paired = report["ratios"][t["driver"]]["paired_ledger_random_over_baseline"]
+            assert t["basis"] == "median of 2 paired rounds"
+            assert t["value"] == report["ratios"][t["driver"]]["paired_median"] == round(sum(paired) / 2, 3)
     assert isinstance(report["interference"]["clean"], bool)
 
 
+def test_paired_rounds_measure_both_ledgers_back_to_back(report: dict[str, Any]) -> None:
+    rounds = report["paired_rounds"]
+    # The order alternates, so a machine that slows down (or speeds up) steadily favours neither side.
+    assert [(r["round"], r["order"]) for r in rounds] == [(1, "ledger first"), (2, "baseline first")]
+    for r in rounds:
+        assert [(m["driver"], m["workload"]) for m in r["ledger"]] == [("threads", "random"), ("batched", "random")]
+        assert (r["baseline"]["workload"], r["baseline"]["clients"]) == ("random", report["baseline_best_clients"])
+        for m in r["ledger"]:
+            assert r["ratios"][m["driver"]] == round(m["transfers_per_s"] / r["baseline"]["transfers_per_s"], 3)
+    for driver in ("threads", "batched"):
+        assert report["ratios"][driver]["paired_ledger_random_over_baseline"] == [r["ratios"][driver] for r in rounds]
+    assert "paired_median" not in report["ratios"]["inflight"]
+
+
+def paired_measurements(report: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    return ([m for r in report["paired_rounds"] for m in r["ledger"]],
+            [r["baseline"] for r in report["paired_rounds"]])
+
+
 def test_every_acknowledged_transfer_is_committed_once(report: dict[str, Any]) -> None:
-    for m in report["scenarios"]:
+    ledger, baseline = paired_measurements(report)
+    for m in report["scenarios"] + ledger:
         checks = m["checks"]
         assert checks["passed"], checks
         assert checks["invariants_error"] is None
@@ -82,7 +107,7 @@ def test_every_acknowledged_transfer_is_committed_once(report: dict[str, Any]) -
         else:
             assert checks["writer_committed_commands"] == m["total_ok"]
         assert m["errors"] == 0 and checks["no_answer_errors"] == 0
-    for m in report["baseline"]:
+    for m in report["baseline"] + baseline:
         checks = m["checks"]
         assert checks["passed"], checks
         assert checks["acknowledged_transfers"] == m["total_ok"] == checks["committed_transfers_in_store"]
