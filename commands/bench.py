@@ -674,6 +674,24 @@ def _thread_cpu_s(name: str) -> float | None:
     return _proc_cpu_s(f"/proc/self/task/{thread.native_id}/stat")
 
 
+#: Iterations of the speed probe's loop (about 40-70 ms of one core on the VMs of docs/benchmarks.md).
+SPEED_PROBE_ITERATIONS = 1_000_000
+
+
+def speed_probe_ms() -> float:
+    """How long this machine takes, right now, for a fixed loop of Python additions (best of three).
+
+    Recorded before every scenario: a shared VM's speed for the same code drifts by up to 2x within minutes, and
+    without this a reader cannot tell a slower ledger from a slower machine."""
+    best = math.inf
+    for _ in range(3):
+        started, total = time.perf_counter(), 0
+        for i in range(SPEED_PROBE_ITERATIONS):
+            total += i
+        best = min(best, time.perf_counter() - started)
+    return round(best * 1000, 1)
+
+
 class CpuMeter:
     """Cores used during a scenario: by this process, by the writer thread alone, and by Postgres.
 
@@ -838,6 +856,7 @@ def run_ledger_scenario(runtime: LedgerRuntime, dsn: str, setup: LedgerSetup, op
     counts_before = store_counts(runtime, dsn)
     writer_before = runtime.writer.stats()
     offered = options.open_rate_per_s if driver == "open" else None
+    probe_ms = speed_probe_ms()
     cpu_before = meter.snapshot()
     with GcPauses() as pauses:
         if driver == "threads":
@@ -857,7 +876,7 @@ def run_ledger_scenario(runtime: LedgerRuntime, dsn: str, setup: LedgerSetup, op
     m = summarize(records, start, options.warmup_seconds, options.seconds, name=f"ledger {workload_name}",
                   system="ledger", workload=workload_name, driver=driver, clients=clients)
     m.offered_per_s = offered
-    m.extra.update(cores_used=cores, gc=pauses.summary())
+    m.extra.update(cores_used=cores, gc=pauses.summary(), speed_probe_ms=probe_ms)
     per_command = options.batch_size if driver == "batched" else None
     if per_command is not None:
         m.extra["transfers_per_command"] = per_command
@@ -896,6 +915,7 @@ def run_baseline_scenario(dsn: str, options: LedgerBenchOptions, clients: int, w
     workload = random_pairs(accounts) if workload_name == "random" else hot_credit(accounts, accounts)
     before = sql_baseline.totals(dsn)
     targets = [SqlTarget(dsn) for _ in range(clients)]
+    probe_ms = speed_probe_ms()
     cpu_before = meter.snapshot()
     try:
         records, start = drive_threads(lambda i: targets[i], clients, options.warmup_seconds + options.seconds,
@@ -909,6 +929,7 @@ def run_baseline_scenario(dsn: str, options: LedgerBenchOptions, clients: int, w
     m = summarize(records, start, options.warmup_seconds, options.seconds, name=f"baseline {workload_name}",
                   system="baseline", workload=workload_name, driver="threads", clients=clients)
     m.extra["cores_used"] = {k: v for k, v in cores.items() if k != "ledger_writer_thread"}
+    m.extra["speed_probe_ms"] = probe_ms
     after = sql_baseline.totals(dsn)
     committed = after.transfers - before.transfers
     m.checks = {
@@ -1215,11 +1236,16 @@ def render_report(report: dict[str, Any]) -> str:
         lines.append(f"(* the baseline: the best plain-SQL concurrency, {best} connections)")
     lines.append("cores: CPU cores used by this process / by the ledger writer thread alone / by local Postgres / by "
                  "anything else on the machine (should be ~0)")
+    lines.append(f"speed probe: ms this machine took for {SPEED_PROBE_ITERATIONS:,} Python additions just before the "
+                 "scenario (best of 3; lower is faster)")
     for m in report["scenarios"]:
         gc_info, extra = m["extra"].get("gc", {}), m["extra"]
         lines.append(f"  {m['name']} ({m['driver']}): {extra.get('writer_commands_per_batch')} commands per group "
                      f"commit, {extra.get('checkpoints_written')} checkpoint(s) written, "
-                     f"{gc_info.get('gen2_collections')} full GC pause(s), longest {gc_info.get('gen2_ms_max')} ms")
+                     f"{gc_info.get('gen2_collections')} full GC pause(s), longest {gc_info.get('gen2_ms_max')} ms; "
+                     f"speed probe {extra.get('speed_probe_ms')} ms")
+    for m in report["baseline"]:
+        lines.append(f"  {m['name']} ({m['clients']} connections): speed probe {m['extra'].get('speed_probe_ms')} ms")
     lines.append("")
     for driver, r in report["ratios"].items():
         if not isinstance(r, dict):
@@ -1232,7 +1258,8 @@ def render_report(report: dict[str, Any]) -> str:
         measured = ", ".join(f"{m['driver']} {m['transfers_per_s']:,.0f}/s ({_fmt(r['ratios'][m['driver']])})"
                              for m in r["ledger"])
         lines.append(f"paired round {r['round']} ({r['order']}): baseline {r['baseline']['transfers_per_s']:,.0f}/s "
-                     f"at {r['baseline']['clients']} connections; ledger random {measured}")
+                     f"at {r['baseline']['clients']} connections; ledger random {measured}; speed probe "
+                     f"{'/'.join(str(m['extra'].get('speed_probe_ms')) for m in (*r['ledger'], r['baseline']))} ms")
     for driver, r in report["ratios"].items():
         if isinstance(r, dict) and "paired_median" in r:
             lines.append(f"paired ratio ({driver}): median {_fmt(r['paired_median'])} of "
