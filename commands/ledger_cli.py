@@ -1,9 +1,11 @@
 """`razao ledger verify`: the auditor's offline check of the whole ledger log.
 
 It replays every event from the store (no checkpoint), re-verifying each event's hash-chain link and each
-balance transition it claims, then the invariants; it prints the head of the chain, so two auditors can
-compare one hash instead of the whole log. It only reads: it runs on a hot standby (or with a read-only role)
-and never creates a table, a function or a database.
+balance transition it claims, then the invariants; it compares every stored checkpoint with the replay at the
+checkpoint's position (a restart trusts the latest one); it prints the head of the chain, so two auditors can
+compare one hash instead of the whole log. ``razao audit verify-log`` checks the same log with code of its own.
+It only reads: it runs on a hot standby (or with a read-only role) and never creates a table, a function or a
+database.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def run_verify(args: argparse.Namespace) -> int:
         return 2
     started = time.perf_counter()
     try:
-        state = app.load_state(use_checkpoint=False)
+        state, checkpoints = app.replay_checking_checkpoints()
     except AssertionError as exc:
         print(f"LEDGER VERIFICATION FAILED: {exc}")
         return 2
@@ -58,6 +60,7 @@ def run_verify(args: argparse.Namespace) -> int:
     print(f"verified {state.position} log positions in {elapsed_s:.2f} s")
     print(f"accounts: {len(state.accounts)}, open pending transfers: {len(state.pending)}")
     print(f"Σ debits posted = {debits}, Σ credits posted = {credits} (centavos)")
+    print(f"checkpoints: {len(checkpoints)}, each equal to the log replayed to its position")
     print(f"chain head: {state.chain_hash}")
     return 0
 

@@ -564,3 +564,37 @@ def test_checkpoints_are_saved_through_the_binary_recorder_whole_and_all_or_noth
     latest = runtime.app.latest_checkpoint()
     assert latest is not None and (latest.position, latest.chain_hash) == (checkpoint.position, checkpoint.chain_hash)
     assert runtime.app.load_state().fingerprint() == live
+
+
+def test_ledger_verify_compares_every_checkpoint_with_the_log_and_finds_a_changed_one(
+        razao: Any, ledgers: Runtimes) -> None:
+    first = ledgers.build(checkpoint_interval=3)
+    accounts = Accounts(first)
+    workload(first, accounts, "a-")
+    workload(first, accounts, "b-")
+    ledgers.close(first)
+    positions = [int(v) for (v,) in sql(ledgers.dsn, "SELECT originator_version FROM ledger_snapshots "
+                                                     "ORDER BY originator_version")]
+    assert len(positions) >= 3
+    verified = razao("ledger", "verify", "--dsn", ledgers.dsn)
+    assert f"checkpoints: {len(positions)}, each equal to the log replayed to its position" in verified.stdout
+
+    # Move R$ 10.00 of credits from Alice to Bob inside the latest checkpoint: the books still balance and every
+    # invariant holds, so a restart takes it as it is; only the comparison with the log can tell.
+    latest = positions[-1]
+    [(stored,)] = sql(ledgers.dsn, "SELECT state FROM ledger_snapshots WHERE originator_version = %s", latest)
+    body = json.loads(bytes(stored))
+    rows = {row[0]: row for row in body["accounts"]}
+    rows[str(accounts.alice)][8] -= 1_000
+    rows[str(accounts.bob)][8] += 1_000
+    sql(ledgers.dsn, "UPDATE ledger_snapshots SET state = %s WHERE originator_version = %s",
+        json.dumps(body).encode(), latest)
+    replayed = ledgers.build()
+    try:
+        from_log = replayed.app.load_state(use_checkpoint=False).accounts[accounts.alice].credits_posted
+        assert replayed.writer.state.accounts[accounts.alice].credits_posted == from_log - 1_000
+    finally:
+        ledgers.close(replayed)
+    refused = razao("ledger", "verify", "--dsn", ledgers.dsn, check=False)
+    assert refused.returncode == 2
+    assert f"the checkpoint at position {latest} differs from the log replayed to that position" in refused.stdout
