@@ -3,8 +3,10 @@
 Random sequences of every operation (open, deposit, transfer, fee, withdrawal, hold, post full or partial, void,
 time passing so holds expire, linked batches, close, replays of any earlier command, a key reused with another
 payload). After every step: the sum of all debits equals the sum of all credits, no customer wallet is
-negative, pending amounts add up, customer funds stay segregated, the writer's balances equal the model's, and
-the state rebuilt from the event store equals the live state.
+negative, pending amounts add up, customer funds stay segregated, the writer's balances equal the model's, the
+state rebuilt from the event store equals the live state, every checkpoint written so far equals the log replayed
+to its position, and the auditor's independent check of the raw log (``projections.log_audit``) reaches the same
+chain head and balances.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from ledger.application import LedgerApplication, ledger_env
 from ledger.chart import REQUIRED_FLAGS, AccountCode
 from ledger.model import CloseAccount, CreateLinkedTransfers, CreateTransfer, CreateTransfers, OpenAccount
 from ledger.writer import LedgerWriter
+from projections.log_audit import audit_records, read_log
 
 pytestmark = pytest.mark.slow
 
@@ -330,8 +333,16 @@ def make_machine(dsn: str) -> type[RuleBasedStateMachine]:
             state = self.writer.state
             state.check_invariants()
             assert state.customer_funds_segregated()
-            rebuilt = self.app.load_state(use_checkpoint=False)
+            # The whole log replayed by the ledger's code, every checkpoint compared with it on the way...
+            rebuilt, _ = self.app.replay_checking_checkpoints()
             assert rebuilt.fingerprint() == state.fingerprint()
+            # ...and by the auditor's independent code, which must reach the same chain head and balances.
+            with psycopg.connect(dsn) as conn:
+                conn.execute(f'SET search_path TO "{self.schema}"')
+                audited = audit_records(read_log(conn))
+            assert audited.chain_head == state.chain_hash
+            assert audited.totals == [sum(getattr(a, f) for a in state.accounts.values()) for f in (
+                "debits_pending", "debits_posted", "credits_pending", "credits_posted")]
 
     return LedgerMachine
 
