@@ -791,21 +791,24 @@ def setup_ledger(runtime: LedgerRuntime, wallets: int) -> LedgerSetup:
     return LedgerSetup(settlement, ids, round(t1 - t0, 3), round(t2 - t1, 3))
 
 
-def store_counts(runtime: LedgerRuntime, dsn: str) -> tuple[int, int]:
-    """``TransferCommitted`` events in the event store and checkpoints written, counted by Postgres (not by the
-    writer)."""
+def store_counts(runtime: LedgerRuntime, dsn: str, since_position: int = 0) -> tuple[int, int]:
+    """``TransferCommitted`` events in the event store, and checkpoints at positions after ``since_position``,
+    counted by Postgres (not by the writer). The snapshot store keeps only the newest checkpoints (ADR 0018): a
+    scenario that writes more than that many shows that many."""
     events = runtime.app.recorder.events_table_name  # type: ignore[attr-defined]
     snapshots = runtime.app.snapshots.recorder.events_table_name  # type: ignore[union-attr]
-    query = sql.SQL("SELECT (SELECT count(*) FROM {} WHERE topic = %s), (SELECT count(*) FROM {})").format(
+    query = sql.SQL("SELECT (SELECT count(*) FROM {} WHERE topic = %s), "
+                    "(SELECT count(*) FROM {} WHERE originator_version > %s)").format(
         sql.Identifier(events), sql.Identifier(snapshots))
     with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
-        row = conn.execute(query, (TRANSFER_COMMITTED_TOPIC,)).fetchone()
+        row = conn.execute(query, (TRANSFER_COMMITTED_TOPIC, since_position)).fetchone()
     assert row is not None
     return int(row[0]), int(row[1])
 
 
 def ledger_checks(runtime: LedgerRuntime, dsn: str, counts_before: tuple[int, int], writer_before: Any,
-                  m: Measurement, *, transfers_per_command: int | None = None) -> dict[str, Any]:
+                  m: Measurement, *, since_position: int, transfers_per_command: int | None = None,
+                  ) -> dict[str, Any]:
     """After a scenario, with the writer idle: invariants, debits == credits, acknowledged == committed."""
     state = runtime.writer.state
     invariants_error = None
@@ -815,7 +818,7 @@ def ledger_checks(runtime: LedgerRuntime, dsn: str, counts_before: tuple[int, in
         invariants_error = str(exc) or "assertion failed"
     debits = sum(a.debits_posted + a.debits_pending for a in state.accounts.values())
     credits = sum(a.credits_posted + a.credits_pending for a in state.accounts.values())
-    counts_after = store_counts(runtime, dsn)
+    counts_after = store_counts(runtime, dsn, since_position)
     committed = counts_after[0] - counts_before[0]
     m.extra["checkpoints_written"] = counts_after[1] - counts_before[1]
     writer_after = runtime.writer.stats()
@@ -853,7 +856,8 @@ def run_ledger_scenario(runtime: LedgerRuntime, dsn: str, setup: LedgerSetup, op
     run_s = options.warmup_seconds + options.seconds
     prefix = f"bench:{driver}:{workload_name}{round_label}"
     target = LedgerTarget(runtime, setup.wallet_ids)
-    counts_before = store_counts(runtime, dsn)
+    position_before = runtime.writer.state.position  # the writer is idle between scenarios
+    counts_before = store_counts(runtime, dsn, position_before)
     writer_before = runtime.writer.stats()
     offered = options.open_rate_per_s if driver == "open" else None
     probe_ms = speed_probe_ms()
@@ -880,7 +884,8 @@ def run_ledger_scenario(runtime: LedgerRuntime, dsn: str, setup: LedgerSetup, op
     per_command = options.batch_size if driver == "batched" else None
     if per_command is not None:
         m.extra["transfers_per_command"] = per_command
-    m.checks = ledger_checks(runtime, dsn, counts_before, writer_before, m, transfers_per_command=per_command)
+    m.checks = ledger_checks(runtime, dsn, counts_before, writer_before, m, since_position=position_before,
+                             transfers_per_command=per_command)
     return m
 
 

@@ -10,14 +10,15 @@ writer fails: two writers can never both commit.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterator, Sequence
+import os
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import unquote, urlparse
 from uuid import UUID
 
 import psycopg
-from eventsourcing.persistence import StoredEvent
+from eventsourcing.persistence import AggregateRecorder, StoredEvent
 from eventsourcing.postgres import PostgresAggregateRecorder, PostgresApplicationRecorder, PostgresFactory
 from psycopg import sql
 from psycopg.rows import tuple_row
@@ -52,8 +53,29 @@ END $$;
 """
 
 
-def postgres_env(dsn: str, *, pool_size: int = 4, schema: str = "") -> dict[str, str]:
-    """The ``eventsourcing`` environment for a Postgres DSN, using the fenced recorder."""
+#: How many checkpoints the snapshot store keeps, newest first; each new one deletes those beyond (ADR 0018).
+CHECKPOINTS_KEPT_DEFAULT = 5
+ENV_CHECKPOINTS_KEPT = "RAZAO_LEDGER_CHECKPOINTS_KEPT"
+CHECKPOINTS_KEPT_MAX = 1_000
+#: The key of ``postgres_env`` that ``LedgerPostgresFactory`` reads it from.
+ENV_KEEP = "CHECKPOINTS_KEPT"
+
+
+def checkpoints_kept(environ: Mapping[str, str] | None = None) -> int:
+    """``RAZAO_LEDGER_CHECKPOINTS_KEPT`` (1 to 1,000), else the default; raises ``ValueError`` naming the variable."""
+    raw = (os.environ if environ is None else environ).get(ENV_CHECKPOINTS_KEPT) or ""
+    if not raw:
+        return CHECKPOINTS_KEPT_DEFAULT
+    if not raw.isdigit() or not 1 <= int(raw) <= CHECKPOINTS_KEPT_MAX:
+        raise ValueError(f"{ENV_CHECKPOINTS_KEPT} must be a whole number from 1 to {CHECKPOINTS_KEPT_MAX}, "
+                         f"not {raw!r}")
+    return int(raw)
+
+
+def postgres_env(dsn: str, *, pool_size: int = 4, schema: str = "",
+                 keep_checkpoints: int | None = None) -> dict[str, str]:
+    """The ``eventsourcing`` environment for a Postgres DSN, using the fenced recorder; the snapshot store keeps
+    ``keep_checkpoints`` checkpoints (default: ``checkpoints_kept()``)."""
     url = urlparse(dsn)
     assert url.scheme in ("postgresql", "postgres"), f"not a postgres DSN: {dsn}"
     return {
@@ -73,7 +95,9 @@ def postgres_env(dsn: str, *, pool_size: int = 4, schema: str = "") -> dict[str,
         "POSTGRES_LOCK_TIMEOUT": "5",
         "CREATE_TABLE": "y",
         "POSTGRES_SCHEMA": schema,
+        ENV_KEEP: str(keep_checkpoints or checkpoints_kept()),
     }
+
 
 
 class BinaryStateRecorder(PostgresAggregateRecorder):
@@ -87,22 +111,46 @@ class BinaryStateRecorder(PostgresAggregateRecorder):
     row with a binary parameter it takes 156 ms and never holds the lock for more than 5 ms.
     """
 
-    def __init__(self, datastore: Any, *, events_table_name: str = "stored_events") -> None:
+    def __init__(self, datastore: Any, *, events_table_name: str = "stored_events", keep: int | None = None) -> None:
         super().__init__(datastore, events_table_name=events_table_name)
+        assert keep is None or keep >= 1
+        self.keep = keep
+        table = sql.SQL("{}.{}").format(sql.Identifier(self.datastore.schema or "public"),
+                                        sql.Identifier(self.events_table_name))
         self._insert_row = sql.SQL(
-            "INSERT INTO {}.{} (originator_id, originator_version, topic, state) VALUES (%s, %s, %s, %b)"
-        ).format(sql.Identifier(self.datastore.schema or "public"), sql.Identifier(self.events_table_name))
+            "INSERT INTO {} (originator_id, originator_version, topic, state) VALUES (%s, %s, %s, %b)").format(table)
+        # Everything older than the keep-th newest of the aggregate (nothing while it has fewer: ``< NULL``).
+        self._delete_older = sql.SQL(
+            "DELETE FROM {0} WHERE originator_id = %(id)s AND originator_version < (SELECT originator_version "
+            "FROM {0} WHERE originator_id = %(id)s ORDER BY originator_version DESC OFFSET %(offset)s LIMIT 1)"
+        ).format(table)
 
     def _insert_stored_events(self, curs: Any, stored_events: Sequence[StoredEvent], **_: Any) -> None:
         rows = [(e.originator_id, e.originator_version, e.topic, e.state) for e in stored_events]
         with curs.connection.transaction():  # all rows or none, as the library's one statement
             curs.executemany(self._insert_row, rows)
+            # Old checkpoints go in the same transaction as the new one: never fewer than ``keep`` once there were
+            # that many, whichever writer (even a fenced-off one) saves.
+            if self.keep is not None:
+                for originator_id in {e.originator_id for e in stored_events}:
+                    curs.execute(self._delete_older, {"id": originator_id, "offset": self.keep - 1})
 
 
 class LedgerPostgresFactory(PostgresFactory):
-    """The library's Postgres persistence, with the aggregate recorder above for the snapshot store."""
+    """The library's Postgres persistence, with the aggregate recorder above for the snapshot store, which keeps
+    the newest ``CHECKPOINTS_KEPT`` checkpoints (set by ``postgres_env``)."""
 
     aggregate_recorder_class = BinaryStateRecorder
+
+    def aggregate_recorder(self, purpose: str = "events") -> AggregateRecorder:
+        if purpose != "snapshots":
+            return super().aggregate_recorder(purpose)
+        keep = self.env.get(ENV_KEEP)
+        recorder = BinaryStateRecorder(self.datastore, events_table_name=f"{self.env.name.lower() or 'stored'}_"
+                                       f"{purpose}", keep=int(keep) if keep else None)
+        if self.env_create_table():
+            recorder.create_table()
+        return recorder
 
 
 class FencedApplicationRecorder(PostgresApplicationRecorder):

@@ -23,7 +23,13 @@ from eventsourcing.persistence import IntegrityError, StoredEvent
 from psycopg.sql import SQL as sql_text
 
 from commands.bootstrap import LedgerRuntime, build_ledger
-from infra.postgres_store import WRITER_LEASE_NAME, BinaryStateRecorder, PostgresTransferLookup
+from infra.postgres_store import (
+    CHECKPOINTS_KEPT_DEFAULT,
+    ENV_CHECKPOINTS_KEPT,
+    WRITER_LEASE_NAME,
+    BinaryStateRecorder,
+    PostgresTransferLookup,
+)
 from ledger import errors
 from ledger.chart import REQUIRED_FLAGS, AccountCode
 from ledger.events import TRANSFER_COMMITTED_TOPIC, PendingTransferResolved
@@ -598,3 +604,47 @@ def test_ledger_verify_compares_every_checkpoint_with_the_log_and_finds_a_change
     refused = razao("ledger", "verify", "--dsn", ledgers.dsn, check=False)
     assert refused.returncode == 2
     assert f"the checkpoint at position {latest} differs from the log replayed to that position" in refused.stdout
+
+
+def checkpoint_positions(dsn: str) -> list[int]:
+    return [int(v) for (v,) in sql(dsn, "SELECT originator_version FROM ledger_snapshots ORDER BY 1")]
+
+
+def test_the_snapshot_store_keeps_only_the_newest_checkpoints(ledgers: Runtimes,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_CHECKPOINTS_KEPT, "2")
+    first = ledgers.build(checkpoint_interval=3)
+    accounts = Accounts(first)
+    workload(first, accounts, "a-")
+    written = first.app.latest_checkpoint()
+    assert written is not None
+    workload(first, accounts, "b-")
+    live, position = first.writer.state.fingerprint(), first.writer.state.position
+    ledgers.close(first)
+    kept = checkpoint_positions(ledgers.dsn)
+    # Each save deleted what was beyond the newest two, in its own transaction; the newest is the one the writer
+    # wrote when it stopped.
+    assert len(kept) == 2 and kept[-1] == position > written.position
+    assert written.position not in kept
+    # What a restart, an as-of load and the audit need still works from what is left.
+    second = ledgers.build(checkpoint_interval=3)
+    assert second.writer.state.fingerprint() == live and second.writer.state.position == position
+    assert second.app.load_state(upto=written.position).fingerprint() == (
+        second.app.load_state(upto=written.position, use_checkpoint=False).fingerprint())
+    _, checked = second.app.replay_checking_checkpoints()
+    assert checked == kept
+
+
+def test_the_default_keeps_five_and_a_bad_setting_is_refused_by_name(ledgers: Runtimes,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_CHECKPOINTS_KEPT, raising=False)
+    runtime = ledgers.build(checkpoint_interval=2)
+    accounts = Accounts(runtime)
+    for prefix in ("a-", "b-", "c-"):
+        workload(runtime, accounts, prefix)
+    ledgers.close(runtime)
+    assert len(checkpoint_positions(ledgers.dsn)) == CHECKPOINTS_KEPT_DEFAULT == 5
+    for bad in ("0", "-3", "ten", "1001"):
+        monkeypatch.setenv(ENV_CHECKPOINTS_KEPT, bad)
+        with pytest.raises(ValueError, match=ENV_CHECKPOINTS_KEPT):
+            ledgers.build()
