@@ -257,10 +257,12 @@ class Story:
             totals = trial["totals"]
             print(f"  {'':<8} ← Σ debits R$ {totals['debits_posted']} = Σ credits R$ {totals['credits_posted']} over "
                   f"every account: balanced {str(trial['balanced']).lower()}")
-        for args, what in ((["rebuild", "--into", "demo_audit", "--no-progress"], "from the event store, not Kafka"),
-                           (["verify", "--schema", "demo_audit"], "against the live read models")):
-            print(f"  auditor  razao projections {' '.join(a for a in args if a != '--no-progress')}   ({what})")
-            done = subprocess.run([sys.executable, "-m", "infra.cli", "projections", *args], capture_output=True,
+        for args, what in ((["projections", "rebuild", "--into", "demo_audit", "--no-progress"],
+                            "from the event store, not Kafka"),
+                           (["projections", "verify", "--schema", "demo_audit"], "against the live read models"),
+                           (["audit", "verify-log"], "the raw log's chain and balances, by code of its own")):
+            print(f"  auditor  razao {' '.join(a for a in args if a != '--no-progress')}   ({what})")
+            done = subprocess.run([sys.executable, "-m", "infra.cli", *args], capture_output=True,
                                   text=True, check=False)
             lines = (done.stdout or done.stderr).strip().splitlines() or [f"exit {done.returncode}"]
             for line in dict.fromkeys((lines[0], lines[-1])):  # what it did, and its verdict

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -58,6 +58,10 @@ class LogInvalid(Exception):
     def __init__(self, position: int | None, message: str) -> None:
         super().__init__(message)
         self.position = position
+
+
+#: Makes the error for the event being checked from what is wrong with it.
+Fail = Callable[[str], "LogInvalid"]
 
 
 @dataclass
@@ -174,7 +178,7 @@ class LogAuditor:
                 raise fail(f"says {e['resolution']} {e['amount_centavos']} by {e['by_transfer_id']}; the settling "
                            f"transfer did {settled}")
 
-    def _account(self, e: dict[str, Any], account_id: str, fail: Any) -> _Account:
+    def _account(self, e: dict[str, Any], account_id: str, fail: Fail) -> _Account:
         account = self._accounts.get(account_id)
         if account is None:
             raise fail(f"account {account_id} was never opened")
@@ -182,7 +186,7 @@ class LogAuditor:
             raise fail(f"account {account_id} is on ledger {account.ledger}")
         return account
 
-    def _transfer(self, aggregate: str, version: int, e: dict[str, Any], fail: Any) -> None:
+    def _transfer(self, aggregate: str, version: int, e: dict[str, Any], fail: Fail) -> None:
         kind, amount = e["kind"], e["amount_centavos"]
         if version != 1 or type(amount) is not int or amount <= 0:
             raise fail("a transfer is its aggregate's first event and moves a positive whole number of centavos")
@@ -210,7 +214,7 @@ class LogAuditor:
         self._apply(debit, credit, deltas, e, fail)
 
     def _apply(self, debit_id: str, credit_id: str, deltas: tuple[int, int, int, int], e: dict[str, Any],
-               fail: Any) -> None:
+               fail: Fail) -> None:
         debit, credit = self._account(e, debit_id, fail), self._account(e, credit_id, fail)
         for account, account_id in ((debit, debit_id), (credit, credit_id)):
             if account.flags & CLOSED:

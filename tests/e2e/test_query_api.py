@@ -6,6 +6,7 @@ read-your-writes through the position each write returns. Tokens are minted with
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import uuid
@@ -329,3 +330,7 @@ def test_the_demo_reads_its_writes_back_through_the_query_api_and_rebuilds(platf
     assert "posted R$ 729.50, available R$ 729.50, the same as the command API says" in read_side  # Ana's wallet
     assert "(read-your-writes)" in read_side and "balanced true" in read_side
     assert "rebuilt demo_audit:" in read_side and "read models VERIFIED" in read_side
+    # The auditor's independent check of the raw log agrees with the ledger's chain (docs/events.md's rule).
+    independent = read_side[read_side.index("razao audit verify-log"):]
+    assert re.search(r"← verified \d+ events, the last at position \d+", independent), independent
+    assert re.search(r"← chain head: [0-9a-f]{64}", independent), independent
