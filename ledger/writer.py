@@ -698,12 +698,12 @@ class LedgerWriter:
         if replay is not None:
             # The entry is captured now: a later command of this batch may evict it from the index.
             replayed = state.transfers[transfer.transfer_id]
-            return [], lambda positions: result_of(replayed, True, positions.get(replayed.event.originator_id))
+            return [], lambda positions: result_of(replayed, True, positions.get(replayed.id))
         events = decider.transfer(transfer, now, None)
         for event in events:
             state.apply(event, verify_chain=False)
         entry = state.transfers[transfer.transfer_id]
-        return events, lambda positions: result_of(entry, False, positions.get(entry.event.originator_id))
+        return events, lambda positions: result_of(entry, False, positions.get(entry.id))
 
     @classmethod
     def _decide_many(cls, decider: Decider, command: CreateTransfers, now: datetime,
@@ -738,7 +738,7 @@ class LedgerWriter:
             replayed_entries = [state.transfers[t.transfer_id] for t in transfers]
 
             def build_replay(positions: dict[UUID, int]) -> Any:
-                return [result_of(e, True, positions.get(e.event.originator_id)) for e in replayed_entries]
+                return [result_of(e, True, positions.get(e.id)) for e in replayed_entries]
 
             return [], build_replay
         if any(r is not None for r in replays):
@@ -774,6 +774,6 @@ class LedgerWriter:
         state.commit()
 
         def build(positions: dict[UUID, int]) -> Any:
-            return [result_of(e, False, positions.get(e.event.originator_id)) for e in entries]
+            return [result_of(e, False, positions.get(e.id)) for e in entries]
 
         return events, build
