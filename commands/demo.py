@@ -253,14 +253,18 @@ class Story:
                   f"balance after R$ {entry['balance_after']['posted']}")
         self.act_as("auditor", "auditor", f"demo-auditor-{self.run_id}")
         trial = self.query("auditor", "/v1/audit/trial-balance", {"min_position": position})
-        if trial is not None:
+        audit_log = ["audit", "verify-log"]
+        if trial is not None and trial.get("chain_hash"):
             totals = trial["totals"]
             print(f"  {'':<8} ← Σ debits R$ {totals['debits_posted']} = Σ credits R$ {totals['credits_posted']} over "
-                  f"every account: balanced {str(trial['balanced']).lower()}")
+                  f"every account: balanced {str(trial['balanced']).lower()}, as of log position {trial['position']} "
+                  f"(chain head {trial['chain_hash'][:12]}…)")
+            # The independent audit of the raw log must find that same head at that position.
+            audit_log += ["--upto", str(trial["position"]), "--expect-head", trial["chain_hash"]]
         for args, what in ((["projections", "rebuild", "--into", "demo_audit", "--no-progress"],
                             "from the event store, not Kafka"),
                            (["projections", "verify", "--schema", "demo_audit"], "against the live read models"),
-                           (["audit", "verify-log"], "the raw log's chain and balances, by code of its own")):
+                           (audit_log, "the raw log's chain and balances, by code of its own")):
             print(f"  auditor  razao {' '.join(a for a in args if a != '--no-progress')}   ({what})")
             done = subprocess.run([sys.executable, "-m", "infra.cli", *args], capture_output=True,
                                   text=True, check=False)

@@ -67,12 +67,15 @@ class Queries:
             "SELECT h.*, t.key, t.reference, t.code FROM {0}.holds h JOIN {0}.transfers t USING (transfer_id) "
             "WHERE (h.debit_account_id = %s OR h.credit_account_id = %s) AND t.status = 'pending' "
             "ORDER BY h.position DESC LIMIT %s").format(s)
+        # The log position and chain head the totals are as of, in the same statement (one snapshot): the
+        # projector may commit between two statements.
         self._trial = sql.SQL(
             "SELECT a.code, count(*) AS accounts, sum(b.debits_pending) AS debits_pending, "
             "sum(b.debits_posted) AS debits_posted, sum(b.credits_pending) AS credits_pending, "
-            "sum(b.credits_posted) AS credits_posted FROM {0}.accounts a JOIN {0}.balances b USING (account_id) "
-            "GROUP BY a.code ORDER BY a.code").format(s)
-        self._tracking = sql.SQL("SELECT position FROM {0}.tracking").format(s)
+            "sum(b.credits_posted) AS credits_posted, h.position AS at_position, h.chain_hash AS at_chain_hash "
+            "FROM {0}.accounts a JOIN {0}.balances b USING (account_id) CROSS JOIN {0}.tracking h "
+            "GROUP BY a.code, h.position, h.chain_hash ORDER BY a.code").format(s)
+        self._tracking = sql.SQL("SELECT position, chain_hash FROM {0}.tracking").format(s)
         self._history = sql.SQL(
             "SELECT e.*, t.code, t.reference, t.key FROM {0}.entries e JOIN {0}.transfers t USING (transfer_id) "
             "WHERE e.account_id = %s AND e.position <= %s AND e.recorded_at <= %s AND e.position < %s "
@@ -111,9 +114,10 @@ class Queries:
     def trial_balance(self, conn: Conn) -> list[Row]:
         return self._all(conn, self._trial, ())
 
-    def position(self, conn: Conn) -> int:
+    def head(self, conn: Conn) -> tuple[int, str | None]:
+        """The log position the read models are at, and the chain hash of the event there (None before any)."""
         row = conn.execute(self._tracking).fetchone()
-        return int(row[0]) if row else 0
+        return (int(row[0]), str(row[1])) if row else (0, None)
 
     def history(self, conn: Conn, account_id: str, *, upto: int, until: datetime, before: int, limit: int) -> list[Row]:
         return self._all(conn, self._history, (account_id, upto, until, before, limit))

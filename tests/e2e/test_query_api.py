@@ -247,7 +247,7 @@ def test_etags_answer_304_until_the_balance_changes(platform: Platform, ana: dic
     assert changed.status_code == 200 and changed.headers["ETag"] != etag
 
 
-def test_auditors_get_a_balanced_trial_balance_and_history_as_of_a_position(platform: Platform) -> None:
+def test_auditors_get_a_balanced_trial_balance_and_history_as_of_a_position(platform: Platform, razao: Any) -> None:
     party = platform.onboard("investor")
     first = platform.deposit(party["wallet_id"], "10.00")
     time.sleep(0.05)
@@ -256,6 +256,11 @@ def test_auditors_get_a_balanced_trial_balance_and_history_as_of_a_position(plat
     trial = auditor.get("/v1/audit/trial-balance", params={"min_position": second["position"]}).json()
     assert trial["balanced"] is True and trial["position"] >= second["position"]
     assert trial["totals"]["debits_posted"] == trial["totals"]["credits_posted"]
+    # The chain head the totals are as of: the independent audit of the raw log finds the same one there.
+    assert re.fullmatch(r"[0-9a-f]{64}", trial["chain_hash"])
+    audited = razao("audit", "verify-log", "--upto", str(trial["position"]), "--expect-head", trial["chain_hash"],
+                    env=platform.side.env())
+    assert f"chain head: {trial['chain_hash']}" in audited.stdout
     path = f"/v1/audit/accounts/{party['wallet_id']}/history"
     then = auditor.get(path, params={"as_of_position": first["position"]}).json()
     assert then["balance"]["posted"] == "10.00" and len(then["entries"]) == 1
@@ -332,5 +337,8 @@ def test_the_demo_reads_its_writes_back_through_the_query_api_and_rebuilds(platf
     assert "rebuilt demo_audit:" in read_side and "read models VERIFIED" in read_side
     # The auditor's independent check of the raw log agrees with the ledger's chain (docs/events.md's rule).
     independent = read_side[read_side.index("razao audit verify-log"):]
-    assert re.search(r"← verified \d+ events, the last at position \d+", independent), independent
-    assert re.search(r"← chain head: [0-9a-f]{64}", independent), independent
+    # It checks the log up to the trial balance's position and finds the head the trial balance named.
+    trial = re.search(r"as of log position (\d+) \(chain head ([0-9a-f]{12})…\)", read_side)
+    assert trial, read_side
+    assert re.search(rf"← verified \d+ events \(up to position {trial[1]}\), the last at position \d+", independent)
+    assert re.search(rf"← chain head: {trial[2]}[0-9a-f]{{52}}", independent), independent

@@ -20,13 +20,17 @@ _DUSK = datetime(9999, 12, 31, tzinfo=UTC)
 
 @router.get("/trial-balance")
 def trial_balance(request: Request, *, principal: Auditor, position: Consistent, ctx: Ctx, conn: Db) -> Response:
-    """Totals per account code and overall; ``balanced`` is whether Σ debits = Σ credits, posted and pending."""
+    """Totals per account code and overall; ``balanced`` is whether Σ debits = Σ credits, posted and pending.
+
+    ``chain_hash`` is the hash-chain head at ``position``, the log position the totals are as of:
+    ``razao audit verify-log --upto POSITION --expect-head CHAIN_HASH`` checks them against the raw log."""
     rows = ctx.queries.trial_balance(conn)
-    at = ctx.queries.position(conn)
+    at, head = (int(rows[0]["at_position"]), rows[0]["at_chain_hash"]) if rows else ctx.queries.head(conn)
     totals = {f: sum(int(r[f]) for r in rows) for f in ("debits_pending", "debits_posted", "credits_pending",
                                                           "credits_posted")}
     body = {
         "position": at,
+        "chain_hash": head,
         "balanced": totals["debits_posted"] == totals["credits_posted"]
         and totals["debits_pending"] == totals["credits_pending"],
         "totals": {k: valor(v) for k, v in totals.items()},
