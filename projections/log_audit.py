@@ -135,6 +135,8 @@ class LogAuditor:
             raise LogInvalid(position, f"unknown event type {topic!r}: this verifier does not know its rules")
         try:
             state = json.loads(stored)
+            if type(state) is not dict:
+                raise TypeError("the stored state is not a JSON object")
             expected = chain_link(r.chain_head, event_type, originator_id, version, state)
         except (ValueError, TypeError) as exc:
             raise LogInvalid(position, f"unreadable {event_type}: {exc}") from None
@@ -142,7 +144,11 @@ class LogAuditor:
             raise LogInvalid(position, f"chain broken at {event_type} {originator_id}: it carries "
                                        f"{state.get('chain_hash')!r}, the rule gives {expected}")
         if event_type in MONEY:
-            self._move(position, event_type, str(originator_id), version, {k: unwrap(v) for k, v in state.items()})
+            try:
+                self._move(position, event_type, str(originator_id), version,
+                           {k: unwrap(v) for k, v in state.items()})
+            except (KeyError, TypeError) as exc:  # a field missing, or of the wrong type, in a chained event
+                raise LogInvalid(position, f"{event_type} {originator_id}: malformed field {exc}") from None
         r.chain_head, r.last_position = expected, position
         r.events += 1
         r.by_type[event_type] += 1

@@ -205,6 +205,17 @@ def test_a_post_beyond_the_pending_amount_is_refused(audited: AuditedLedger) -> 
     assert refusal.position == position and "of a pending" in str(refusal)
 
 
+def test_malformed_records_are_refused_at_their_position_not_with_a_traceback(audited: AuditedLedger) -> None:
+    position, state = first(audited.records, "TransferCommitted", kind="single")
+    missing = {k: v for k, v in state.items() if k != "debit_after"}
+    forged = [(p, i, v, t, json.dumps(missing).encode() if p == position else s) for p, i, v, t, s in audited.records]
+    refusal = refused_at(rechained(forged, {}))  # chained again, so only the missing field is wrong
+    assert refusal.position == position and "malformed field 'debit_after'" in str(refusal)
+    not_an_object = [(p, i, v, t, b"[1, 2]" if p == position else s) for p, i, v, t, s in audited.records]
+    refusal = refused_at(not_an_object)
+    assert refusal.position == position and "not a JSON object" in str(refusal)
+
+
 def test_an_event_type_the_verifier_does_not_know_stops_it(audited: AuditedLedger) -> None:
     position, _ = first(audited.records, "PartyRegistered")
     refusal = refused_at(rechained(audited.records, {}, topics={position: "ledger.events:PartyMerged"}))
