@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
+import weakref
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -21,6 +23,7 @@ import psycopg
 from eventsourcing.persistence import AggregateRecorder, StoredEvent
 from eventsourcing.postgres import PostgresAggregateRecorder, PostgresApplicationRecorder, PostgresFactory
 from psycopg import sql
+from psycopg.pq import DiagnosticField, ExecStatus
 from psycopg.rows import tuple_row
 
 from ledger.ports import WriterBusy, WriterFenced
@@ -153,6 +156,43 @@ class LedgerPostgresFactory(PostgresFactory):
         return recorder
 
 
+#: Element types of the append function's arrays (``pg_type`` oids) and the formats of its six parameters: the
+#: lease name and the epoch as text, the arrays in binary.
+_UUID_OID, _INT8_OID, _TEXT_OID, _BYTEA_OID = 2950, 20, 25, 17
+_APPEND_FORMATS = [0, 0, 1, 1, 1, 1]
+_APPEND_NAME = b"razao_append_events"
+_LEASE_NAME = WRITER_LEASE_NAME.encode()
+_INT8 = struct.Struct("!q")
+_LENGTH = struct.Struct("!i")
+_ARRAY_HEADER = struct.Struct("!iiIii")
+
+
+def binary_array(element_oid: int, elements: Sequence[bytes]) -> bytes:
+    """A one-dimensional array without nulls in Postgres's binary format: one dimension, no null bitmap, the
+    element type, the length and a lower bound of 1, then each element as its length and its bytes."""
+    return b"".join([_ARRAY_HEADER.pack(1, 0, element_oid, len(elements), 1),
+                     *(_LENGTH.pack(len(e)) + e for e in elements)])
+
+
+def _uuid_bytes(value: UUID | str) -> bytes:
+    return value.bytes if isinstance(value, UUID) else UUID(value).bytes
+
+
+def _raise_for(result: Any, pgconn: Any) -> None:
+    """Raises psycopg's exception for a failed libpq result (by its SQLSTATE), as ``Cursor.execute`` would."""
+    if result.status in (ExecStatus.COMMAND_OK, ExecStatus.TUPLES_OK):
+        return
+    message = (result.error_message or pgconn.error_message or b"the append failed").decode(errors="replace")
+    sqlstate = result.error_field(DiagnosticField.SQLSTATE)
+    error: type[psycopg.Error] = psycopg.OperationalError  # no SQLSTATE: the connection failed
+    if sqlstate:
+        try:
+            error = psycopg.errors.lookup(sqlstate.decode())
+        except KeyError:  # a code of our own (the fencing check raises RZ001), as psycopg maps it
+            error = psycopg.DatabaseError
+    raise error(message.strip())
+
+
 class FencedApplicationRecorder(PostgresApplicationRecorder):
     """The library's recorder, appending through one server-side function: one round trip per batch.
 
@@ -160,8 +200,14 @@ class FencedApplicationRecorder(PostgresApplicationRecorder):
     in a pipeline of six: check the writer's fencing epoch (``FOR SHARE``, so a takeover waits for it), set the
     lock timeout, lock the events table (so notification ids are committed in the order they were issued),
     ``NOTIFY`` the table's channel and insert the rows, returning their notification ids. The rows travel as four
-    typed arrays in binary (``%b``): psycopg's text dumping of arrays escapes every element in Python.
+    typed arrays in binary, encoded here (``binary_array``): psycopg's text dumping of arrays escapes every element
+    in Python.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: The pool's connections the append is prepared on (a new connection prepares it again).
+        self._prepared_on: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
 
     def create_table(self) -> None:
         super().create_table()
@@ -212,38 +258,58 @@ class FencedApplicationRecorder(PostgresApplicationRecorder):
             "topics text[], states bytea[]) RETURNS SETOF bigint LANGUAGE plpgsql AS {body}"
         ).format(function=self._append_function(), body=sql.Literal(body))
 
-    def _append_statement(self) -> sql.Composed:
-        statement: sql.Composed | None = getattr(self, "_append", None)
+    def _append_statement(self) -> bytes:
+        statement: bytes | None = getattr(self, "_append", None)
         if statement is None:
             statement = sql.SQL(
-                "SELECT notification_id FROM {}(%s, %s, %b::uuid[], %b::bigint[], %b::text[], %b::bytea[]) "
+                "SELECT notification_id FROM {}($1, $2, $3::uuid[], $4::bigint[], $5::text[], $6::bytea[]) "
                 "AS t(notification_id)"
-            ).format(self._append_function())
+            ).format(self._append_function()).as_string(None).encode()
             self._append = statement
         return statement
 
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
-        """Appends ``stored_events`` in one transaction (``writer_epoch`` fences off a stale writer)."""
+        """Appends ``stored_events`` in one transaction (``writer_epoch`` fences off a stale writer).
+
+        The statement goes straight to libpq (``PGconn.exec_prepared``), its four arrays already in Postgres's
+        binary format: psycopg's own ``execute`` spent 100-160 µs of the writer's CPU per call on adapting,
+        preparing and waiting in Python (192 against 89 µs a batch of 12, 342 against 230 µs a batch of 64,
+        ADR 0019), and libpq waits for the server without holding the interpreter lock."""
         if not stored_events:
             return []
-        params = (
-            WRITER_LEASE_NAME,
-            kwargs.get("writer_epoch"),
-            [e.originator_id for e in stored_events],
-            [e.originator_version for e in stored_events],
-            [e.topic for e in stored_events],
-            [e.state for e in stored_events],
-        )
+        epoch = kwargs.get("writer_epoch")
+        params: list[bytes | None] = [
+            _LEASE_NAME,
+            None if epoch is None else str(int(epoch)).encode(),
+            binary_array(_UUID_OID, [_uuid_bytes(e.originator_id) for e in stored_events]),
+            binary_array(_INT8_OID, [_INT8.pack(e.originator_version) for e in stored_events]),
+            binary_array(_TEXT_OID, [e.topic.encode() for e in stored_events]),
+            binary_array(_BYTEA_OID, [e.state for e in stored_events]),
+        ]
         try:
-            with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as curs:
-                curs.execute(self._append_statement(), params, prepare=True, binary=True)
-                ids = [row[0] for row in curs.fetchall()]
+            with self.datastore.get_connection() as conn:
+                ids = self._append_rows(conn, params)
         except Exception as exc:
             if "razao: writer epoch" in str(exc):
                 raise WriterFenced(str(exc).splitlines()[0]) from exc
             raise
         assert len(ids) == len(stored_events), f"{len(ids)} notification ids for {len(stored_events)} events"
         return ids
+
+    def _append_rows(self, conn: psycopg.Connection[Any], params: list[bytes | None]) -> list[int]:
+        """Runs the append on ``conn`` (an autocommit connection of the pool: the function call is the whole
+        transaction), preparing it the first time on that connection. A failure raises psycopg's exception for its
+        SQLSTATE, which the datastore maps as it maps its own; a connection left broken is discarded by the pool."""
+        assert conn.autocommit, "the append must be a transaction of its own"
+        pgconn = conn.pgconn
+        if conn not in self._prepared_on:
+            _raise_for(pgconn.prepare(_APPEND_NAME, self._append_statement()), pgconn)
+            self._prepared_on.add(conn)
+        # A None parameter is SQL NULL (libpq's convention; psycopg's stubs leave it out).
+        result = pgconn.exec_prepared(_APPEND_NAME, params, param_formats=_APPEND_FORMATS,  # type: ignore[arg-type]
+                                      result_format=1)
+        _raise_for(result, pgconn)
+        return [_INT8.unpack(result.get_value(row, 0) or b"")[0] for row in range(result.ntuples)]
 
 
 def compress_checkpoints_with_lz4(recorder: Any) -> bool:

@@ -648,3 +648,31 @@ def test_the_default_keeps_five_and_a_bad_setting_is_refused_by_name(ledgers: Ru
         monkeypatch.setenv(ENV_CHECKPOINTS_KEPT, bad)
         with pytest.raises(ValueError, match=ENV_CHECKPOINTS_KEPT):
             ledgers.build()
+
+
+def test_the_writer_recovers_when_its_store_connections_are_cut(ledgers: Runtimes) -> None:
+    """Appends go straight to libpq: a connection that broke under one must leave the pool, not fail every later
+    batch. Every connection of the event store's pool is cut; the retried transfer commits once."""
+    runtime = ledgers.build()
+    accounts = Accounts(runtime)
+    runtime.writer.transfer(t("before-cut", accounts.settlement, accounts.alice, 10_000))
+    lease_pid = runtime.writer.lease._conn.info.backend_pid  # type: ignore[attr-defined]
+    cut = sql(ledgers.dsn, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
+                           "current_database() AND pid NOT IN (pg_backend_pid(), %s)", lease_pid)
+    assert cut and all(ok for (ok,) in cut)
+    transfer = t("after-cut", accounts.settlement, accounts.alice, 5_000)
+    refusals = 0
+    for _ in range(40):
+        try:
+            runtime.writer.transfer(transfer)
+            break
+        except errors.LedgerUnavailable:  # the outcome of an append on a cut connection is unknown: retry
+            refusals += 1
+            time.sleep(0.25)
+    else:
+        pytest.fail("the writer never recovered from its cut connections")
+    assert runtime.writer.accounts(accounts.alice)[accounts.alice].credits_posted == 15_000
+    committed = sql(ledgers.dsn, f'SELECT count(*) FROM "{events_table(runtime)}" WHERE originator_id = %s',
+                    transfer.transfer_id)
+    assert committed == [(1,)]
+    assert refusals <= 10, f"{refusals} refusals before the pool had live connections again"
