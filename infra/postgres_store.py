@@ -75,10 +75,9 @@ def checkpoints_kept(environ: Mapping[str, str] | None = None) -> int:
     return int(raw)
 
 
-def postgres_env(dsn: str, *, pool_size: int = 4, schema: str = "",
-                 keep_checkpoints: int | None = None) -> dict[str, str]:
+def postgres_env(dsn: str, *, pool_size: int = 4, schema: str = "") -> dict[str, str]:
     """The ``eventsourcing`` environment for a Postgres DSN, using the fenced recorder; the snapshot store keeps
-    ``keep_checkpoints`` checkpoints (default: ``checkpoints_kept()``)."""
+    ``checkpoints_kept()`` checkpoints."""
     url = urlparse(dsn)
     assert url.scheme in ("postgresql", "postgres"), f"not a postgres DSN: {dsn}"
     return {
@@ -98,9 +97,8 @@ def postgres_env(dsn: str, *, pool_size: int = 4, schema: str = "",
         "POSTGRES_LOCK_TIMEOUT": "5",
         "CREATE_TABLE": "y",
         "POSTGRES_SCHEMA": schema,
-        ENV_KEEP: str(keep_checkpoints or checkpoints_kept()),
+        ENV_KEEP: str(checkpoints_kept()),
     }
-
 
 
 class BinaryStateRecorder(PostgresAggregateRecorder):

@@ -13,6 +13,8 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from projections.schema import PROJECTION
+
 Row = dict[str, Any]
 Conn = psycopg.Connection[Any]
 
@@ -73,9 +75,11 @@ class Queries:
             "SELECT a.code, count(*) AS accounts, sum(b.debits_pending) AS debits_pending, "
             "sum(b.debits_posted) AS debits_posted, sum(b.credits_pending) AS credits_pending, "
             "sum(b.credits_posted) AS credits_posted, h.position AS at_position, h.chain_hash AS at_chain_hash "
-            "FROM {0}.accounts a JOIN {0}.balances b USING (account_id) CROSS JOIN {0}.tracking h "
-            "GROUP BY a.code, h.position, h.chain_hash ORDER BY a.code").format(s)
-        self._tracking = sql.SQL("SELECT position, chain_hash FROM {0}.tracking").format(s)
+            "FROM {0}.accounts a JOIN {0}.balances b USING (account_id) "
+            "JOIN {0}.tracking h ON h.projection = {1} "
+            "GROUP BY a.code, h.position, h.chain_hash ORDER BY a.code").format(s, sql.Literal(PROJECTION))
+        self._tracking = sql.SQL("SELECT position, chain_hash FROM {0}.tracking WHERE projection = {1}").format(
+            s, sql.Literal(PROJECTION))
         self._history = sql.SQL(
             "SELECT e.*, t.code, t.reference, t.key FROM {0}.entries e JOIN {0}.transfers t USING (transfer_id) "
             "WHERE e.account_id = %s AND e.position <= %s AND e.recorded_at <= %s AND e.position < %s "
