@@ -88,6 +88,10 @@ def events_table(runtime: LedgerRuntime) -> str:
     return str(runtime.app.recorder.events_table_name)  # type: ignore[attr-defined]
 
 
+def checkpoint_positions(dsn: str) -> list[int]:
+    return [int(v) for (v,) in sql(dsn, "SELECT originator_version FROM ledger_snapshots ORDER BY 1")]
+
+
 def event_count(dsn: str, table: str) -> int:
     return int(sql(dsn, f'SELECT count(*) FROM "{table}"')[0][0])
 
@@ -579,8 +583,7 @@ def test_ledger_verify_compares_every_checkpoint_with_the_log_and_finds_a_change
     workload(first, accounts, "a-")
     workload(first, accounts, "b-")
     ledgers.close(first)
-    positions = [int(v) for (v,) in sql(ledgers.dsn, "SELECT originator_version FROM ledger_snapshots "
-                                                     "ORDER BY originator_version")]
+    positions = checkpoint_positions(ledgers.dsn)
     assert len(positions) >= 3
     verified = razao("ledger", "verify", "--dsn", ledgers.dsn)
     assert f"checkpoints: {len(positions)}, each equal to the log replayed to its position" in verified.stdout
@@ -604,10 +607,6 @@ def test_ledger_verify_compares_every_checkpoint_with_the_log_and_finds_a_change
     refused = razao("ledger", "verify", "--dsn", ledgers.dsn, check=False)
     assert refused.returncode == 2
     assert f"the checkpoint at position {latest} differs from the log replayed to that position" in refused.stdout
-
-
-def checkpoint_positions(dsn: str) -> list[int]:
-    return [int(v) for (v,) in sql(dsn, "SELECT originator_version FROM ledger_snapshots ORDER BY 1")]
 
 
 def test_the_snapshot_store_keeps_only_the_newest_checkpoints(ledgers: Runtimes,
