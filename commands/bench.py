@@ -55,6 +55,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
+import ledger
 from commands import bench_sql_baseline as sql_baseline
 from commands.bootstrap import LedgerRuntime, build_ledger
 from infra.plugins import BENCH_GROUP, discover
@@ -625,6 +626,9 @@ def machine_facts() -> dict[str, Any]:
         "cpu_count": os.cpu_count(), "cpu_model": cpu_model, "platform": platform.platform(),
         "python": platform.python_version(), "python_implementation": platform.python_implementation(),
         "hostname": platform.node(), "packages": versions,
+        # Which ledger code ran: the modules compiled with mypyc, or the same sources interpreted (ADR 0020).
+        "ledger_code": "compiled" if ledger.NATIVE.active else "interpreted",
+        "ledger_code_detail": ledger.NATIVE.compiler or ledger.NATIVE.reason,
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
     }
 
@@ -1219,7 +1223,8 @@ def render_report(report: dict[str, Any]) -> str:
     machine, server = report["machine"], report["server"]
     lines = [
         f"razao bench ledger — {report['started_at']} — {machine['nproc']} cores ({machine['cpu_model']}), "
-        f"Python {machine['python']}, PostgreSQL {server['server_version']}",
+        f"Python {machine['python']}, PostgreSQL {server['server_version']}; ledger code "
+        f"{machine.get('ledger_code', 'interpreted')} ({machine.get('ledger_code_detail', '')})",
         f"durability: synchronous_commit={server['synchronous_commit']} fsync={server['fsync']}; "
         f"writer: commands_max={report['options']['commands_max']} wait_ms={report['options']['wait_ms']} "
         f"pool={report['options']['pool_size']} gc={report['options']['gc_mode']}",

@@ -286,6 +286,8 @@ class CheckpointTables:
         self._seed_rows: list[list[object]] = []
         self._party_rows: list[list[object]] = []
         self._full_next = True
+        #: Ids (text) of the accounts whose rows the last build made again, in order: what a capture cost.
+        self.last_rebuilt: list[object] = []
 
     def seed(self, state: LedgerState, checkpoint: LedgerCheckpoint) -> None:
         """Takes the rows of the checkpoint ``state`` was just restored from as those of the last capture, and
@@ -344,12 +346,15 @@ class CheckpointTables:
                     if pause is not None:
                         pause()
                 self._seed_rows = []
+                rebuilt: list[object] = []
                 for start in range(0, len(accounts), CHECKPOINT_ROWS_CHUNK):
                     for item in accounts[start:start + CHECKPOINT_ROWS_CHUNK]:
                         row = Account.row_of(item if saved is None else values_at_capture(item))
                         rows[row[0]] = row
+                        rebuilt.append(row[0])
                     if pause is not None:
                         pause()
+                self.last_rebuilt = rebuilt
                 if len(party_rows) > len(parties) or (party_rows and party_rows[-1][0] != str(
                         parties[len(party_rows) - 1].id)):
                     party_rows.clear()  # not the parties of the last capture plus new ones: start again

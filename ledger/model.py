@@ -16,12 +16,22 @@ import uuid
 from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 from uuid import UUID
 
 from ledger import errors
 from ledger.canonical import chain_text
 from ledger.chart import REQUIRED_FLAGS, AccountCode, AccountFlags
+from ledger.command_types import (
+    TRANSFER_ID_NAMESPACE,
+    TRANSFER_KINDS,
+    CloseAccount,
+    Command,
+    CreateLinkedTransfers,
+    CreateTransfer,
+    CreateTransfers,
+    OpenAccount,
+)
 from ledger.events import (
     EVENT_TYPES,
     PIX_EVENT_TYPES,
@@ -49,12 +59,7 @@ from ledger.money import check_amount
 from ledger.parties import Party, RegisterParty, wallet_id_for_party
 from ledger.pix_state import PixState
 
-#: Transfer ids are derived from idempotency keys, so the store's unique key enforces "one key, one transfer".
-TRANSFER_ID_NAMESPACE = UUID("7d1b6c2e-3f0a-5b8e-9c4d-2a6f1e0b9d73")
 GENESIS_CHAIN_HASH = "0" * 64
-
-TransferKind = Literal["single", "pending", "post_pending", "void_pending"]
-TRANSFER_KINDS: tuple[str, ...] = ("single", "pending", "post_pending", "void_pending")
 
 
 # Plain ints: ``int & IntFlag`` goes through the enum machinery, which costs microseconds on the hot path.
@@ -63,113 +68,6 @@ _DEBITS_MUST_NOT_EXCEED_CREDITS = int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDIT
 _CREDITS_MUST_NOT_EXCEED_DEBITS = int(AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS)
 
 
-_NAMESPACE_BYTES = TRANSFER_ID_NAMESPACE.bytes
-_V5_CLEAR = ~((0xC000 << 48) | (0xF000 << 64))  # the variant and version bits
-_V5_SET = (0x8000 << 48) | (5 << 76)  # RFC 4122 variant, version 5
-
-
-def transfer_id_for_key(key: str) -> UUID:
-    """The transfer id a key maps to: ``uuid.uuid5(TRANSFER_ID_NAMESPACE, key)``, stable across processes and
-    restarts. Built from the integer, which skips a third of ``uuid5``'s work (every command pays it)."""
-    digest = hashlib.sha1(_NAMESPACE_BYTES + key.encode("utf-8"), usedforsecurity=False).digest()
-    return UUID(int=(int.from_bytes(digest[:16]) & _V5_CLEAR) | _V5_SET)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Commands
-
-
-@dataclass(frozen=True, slots=True)
-class OpenAccount:
-    """Open an account. Idempotent by ``account_id``: the same fields again return the account as it is."""
-
-    account_id: UUID
-    code: int
-    flags: int
-    ledger: int = LEDGER_BRL
-    reference: str = ""
-    owner_id: UUID | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class CloseAccount:
-    """Close an account whose balance is zero and which has nothing pending. Closing twice is a no-op."""
-
-    account_id: UUID
-
-
-# Not slotted: the transfer id is kept in the instance dict (a UUIDv5 costs microseconds, and it is asked for
-# several times per command); it is not a field, so it takes no part in equality, ``fields()`` or ``replace()``.
-@dataclass(frozen=True)
-class CreateTransfer:
-    """Move ``amount_centavos`` from the debit to the credit account.
-
-    ``kind="pending"`` reserves the amount (optionally timing out after ``timeout_s``); ``post_pending`` settles
-    the pending transfer ``pending_id`` in full (``amount_centavos=None``) or in part; ``void_pending`` releases
-    it. Posts and voids name only the pending transfer: their accounts are the pending transfer's.
-    """
-
-    key: str
-    debit_account_id: UUID | None
-    credit_account_id: UUID | None
-    amount_centavos: int | None
-    kind: TransferKind = "single"
-    pending_id: UUID | None = None
-    timeout_s: int = 0
-    ledger: int = LEDGER_BRL
-    code: int = 1
-    reference: str = ""
-
-    def __post_init__(self) -> None:
-        if isinstance(self.key, str):
-            object.__setattr__(self, "_transfer_id", transfer_id_for_key(self.key))
-
-    @property
-    def transfer_id(self) -> UUID:
-        cached: UUID | None = self.__dict__.get("_transfer_id")
-        return cached if cached is not None else transfer_id_for_key(self.key)
-
-    def canonical(self) -> str:
-        """The canonical text of the request: what the idempotency hash covers (everything but the key)."""
-        return "|".join(
-            str(v)
-            for v in (
-                self.kind,
-                self.debit_account_id,
-                self.credit_account_id,
-                self.amount_centavos,
-                self.pending_id,
-                self.timeout_s,
-                self.ledger,
-                self.code,
-                self.reference,
-            )
-        )
-
-    def payload_hash(self) -> str:
-        return hashlib.sha256(self.canonical().encode()).hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class CreateLinkedTransfers:
-    """Transfers that are committed all together or not at all, in order (each sees the ones before it)."""
-
-    transfers: tuple[CreateTransfer, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class CreateTransfers:
-    """Independent transfers sent as one command (TigerBeetle's ``create_transfers`` without the linked flag).
-
-    Each is decided on its own, in order (each sees the ones before it), and answered with its own result or its
-    own refusal; a refusal never affects the others. One command instead of many spares the caller a reply, a
-    queue slot and a thread wake-up per transfer, which is where most of a small transfer's cost is.
-    """
-
-    transfers: tuple[CreateTransfer, ...]
-
-
-Command = OpenAccount | CloseAccount | CreateTransfer | CreateLinkedTransfers | CreateTransfers | RegisterParty
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -346,6 +244,9 @@ class LedgerState:
         self.pending: dict[UUID, PendingTransfer] = {}
         self._expiry_heap: list[tuple[datetime, UUID]] = []
         self.transfers: GenerationalIndex[UUID, _IndexedTransfer] = GenerationalIndex(TRANSFER_INDEX_RECENT_MAX)
+        #: How many transfers the index keeps before it forgets the oldest generations (an attribute, so a test can
+        #: lower it even when this module runs compiled and its constants are built in).
+        self.index_bound = TRANSFER_INDEX_RECENT_MAX
         #: False once the idempotency index has forgotten anything (eviction, or a checkpoint was loaded):
         #: from then on unknown keys must be looked up in the store before deciding.
         self.index_complete = True
@@ -579,7 +480,7 @@ class LedgerState:
         """Forgets the oldest transfers beyond the index's bound. Called between batches only: within a batch
         every decision must see every key the batch started with (the batch's unknown keys were recalled then).
         """
-        if self.transfers.trim(TRANSFER_INDEX_RECENT_MAX):
+        if self.transfers.trim(self.index_bound):
             self.index_complete = False
 
     def needs_lookup(self, transfer_id: UUID) -> bool:

@@ -32,6 +32,7 @@ from uuid import UUID
 
 from ledger import errors
 from ledger.chart import AccountCode, TransferCode
+from ledger.command_types import CreateTransfer
 from ledger.events import (
     DepositRequested,
     LedgerEvent,
@@ -45,7 +46,7 @@ from ledger.events import (
     WithdrawalRequested,
 )
 from ledger.limits import IDEMPOTENCY_KEY_LENGTH_MAX
-from ledger.model import CreateTransfer, Decider, LedgerState, chain_next
+from ledger.model import Decider, LedgerState, chain_next
 from ledger.money import check_amount
 from ledger.pix import (
     PIX_REFUND_WINDOW,

@@ -25,6 +25,14 @@ from uuid import UUID
 
 from ledger import errors
 from ledger.application import CheckpointTables, LedgerApplication
+from ledger.command_types import (
+    CloseAccount,
+    Command,
+    CreateLinkedTransfers,
+    CreateTransfer,
+    CreateTransfers,
+    OpenAccount,
+)
 from ledger.events import TRANSFER_COMMITTED_TOPIC, LedgerEvent
 from ledger.index import IdFilter
 from ledger.limits import (
@@ -39,14 +47,8 @@ from ledger.limits import (
 from ledger.model import (
     Account,
     AccountResult,
-    CloseAccount,
-    Command,
-    CreateLinkedTransfers,
-    CreateTransfer,
-    CreateTransfers,
     Decider,
     LedgerState,
-    OpenAccount,
     TransferResult,
     check_linked,
     check_many,

@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 
+import ledger
 from commands import bench
 from infra.settings import Settings, admin_dsn
 
@@ -39,6 +40,8 @@ def test_report_has_every_field(report: dict[str, Any]) -> None:
     assert report["schema"] == bench.JSON_SCHEMA
     assert report["command"].startswith("razao bench ledger --seconds 1 ")
     assert report["machine"]["nproc"] >= 1 and report["machine"]["python"]
+    # Which ledger code ran is part of every result (ADR 0020); this process's own import decides it.
+    assert report["machine"]["ledger_code"] == ("compiled" if ledger.NATIVE.active else "interpreted")
     assert report["server"]["version"].startswith("PostgreSQL")
     assert report["server"]["synchronous_commit"] == "on" and report["server"]["fsync"] == "on"
     writer = report["options"]["writer"]

@@ -32,6 +32,7 @@ from infra.postgres_store import (
 )
 from ledger import errors
 from ledger.chart import REQUIRED_FLAGS, AccountCode
+from ledger.command_types import transfer_id_for_key
 from ledger.events import TRANSFER_COMMITTED_TOPIC, PendingTransferResolved
 from ledger.model import (
     CloseAccount,
@@ -39,7 +40,6 @@ from ledger.model import (
     CreateTransfer,
     CreateTransfers,
     OpenAccount,
-    transfer_id_for_key,
 )
 
 WAIT_S = 20.0

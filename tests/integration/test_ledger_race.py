@@ -20,7 +20,8 @@ import pytest
 from commands.bootstrap import LedgerRuntime, build_ledger
 from ledger import errors
 from ledger.chart import REQUIRED_FLAGS, AccountCode
-from ledger.model import CreateTransfer, OpenAccount, TransferResult, transfer_id_for_key
+from ledger.command_types import transfer_id_for_key
+from ledger.model import CreateTransfer, OpenAccount, TransferResult
 from ledger.money import parse_amount
 
 pytestmark = pytest.mark.slow

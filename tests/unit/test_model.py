@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
@@ -17,6 +18,15 @@ from hypothesis import strategies as st
 
 from ledger import errors
 from ledger.chart import REQUIRED_FLAGS, AccountCode, AccountFlags
+from ledger.command_types import (
+    TRANSFER_ID_NAMESPACE,
+    CloseAccount,
+    CreateLinkedTransfers,
+    CreateTransfer,
+    CreateTransfers,
+    OpenAccount,
+    transfer_id_for_key,
+)
 from ledger.events import (
     AccountClosed,
     AccountOpened,
@@ -36,18 +46,12 @@ from ledger.limits import (
 )
 from ledger.model import (
     GENESIS_CHAIN_HASH,
-    TRANSFER_ID_NAMESPACE,
     AccountResult,
-    CloseAccount,
-    CreateLinkedTransfers,
-    CreateTransfer,
     Decider,
     LedgerState,
-    OpenAccount,
     chain_hash_of,
     check_linked,
     linked_batch_id_of,
-    transfer_id_for_key,
 )
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -248,8 +252,6 @@ def test_single_transfer_moves_posted_balances_and_carries_post_states(funded: t
         (-1, errors.AmountMustBePositive),
         (AMOUNT_CENTAVOS_MAX + 1, errors.AmountTooLarge),
         (None, errors.InvalidRequest),
-        (1.5, errors.InvalidRequest),
-        (True, errors.InvalidRequest),
     ],
 )
 def test_transfer_refuses_bad_amounts(
@@ -257,6 +259,56 @@ def test_transfer_refuses_bad_amounts(
 ) -> None:
     book, _, rich, poor = funded
     refused(book, single("bad-amount", rich, poor, amount), error)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"amount_centavos": 1.5}, "amount_centavos"),
+        ({"amount_centavos": True}, "amount_centavos"),
+        ({"amount_centavos": "100"}, "amount_centavos"),
+        ({"timeout_s": 1.5}, "timeout_s"),
+        ({"timeout_s": False}, "timeout_s"),
+        ({"key": 7}, "key"),
+        ({"debit_account_id": str(uuid.UUID(int=1))}, "debit_account_id"),
+        ({"credit_account_id": 1}, "credit_account_id"),
+        ({"pending_id": "hold"}, "pending_id"),
+        ({"kind": None}, "kind"),
+        ({"ledger": True}, "ledger"),
+        ({"code": "1"}, "code"),
+        ({"reference": None}, "reference"),
+    ],
+)
+def test_a_transfer_with_a_field_of_the_wrong_type_is_refused_when_built(
+    change: dict[str, object], field: str
+) -> None:
+    # Refused before any decider reads it (ADR 0020): the decider may run compiled, which would convert the value.
+    fields: dict[str, object] = {"key": "typed", "debit_account_id": uuid.uuid4(), "credit_account_id": uuid.uuid4(),
+                                 "amount_centavos": 100}
+    fields.update(change)
+    with pytest.raises(errors.InvalidRequest) as caught:
+        CreateTransfer(**fields)  # type: ignore[arg-type]
+    assert caught.value.context["field"] == field
+
+
+@pytest.mark.parametrize(
+    ("command", "field"),
+    [
+        (lambda: OpenAccount("not-a-uuid", WALLET, REQUIRED_FLAGS[WALLET]), "account_id"),  # type: ignore[arg-type]
+        (lambda: OpenAccount(uuid.uuid4(), True, REQUIRED_FLAGS[WALLET]), "code"),
+        (lambda: OpenAccount(uuid.uuid4(), WALLET, 1.0), "flags"),  # type: ignore[arg-type]
+        (lambda: OpenAccount(uuid.uuid4(), WALLET, REQUIRED_FLAGS[WALLET], owner_id="x"), "owner_id"),  # type: ignore[arg-type]
+        (lambda: CloseAccount(None), "account_id"),  # type: ignore[arg-type]
+        (lambda: CreateLinkedTransfers([single("a", uuid.uuid4(), uuid.uuid4(), 1)]), "transfers"),  # type: ignore[arg-type]
+        (lambda: CreateTransfers(("not a transfer",)), "transfers"),  # type: ignore[arg-type]
+    ],
+)
+def test_other_commands_with_a_field_of_the_wrong_type_are_refused_when_built(
+    command: Callable[[], object], field: str
+) -> None:
+    with pytest.raises(errors.InvalidRequest) as caught:
+        command()
+    assert caught.value.context["field"] == field
 
 
 def test_transfer_refuses_unknown_accounts_naming_the_account(funded: tuple[Book, UUID, UUID, UUID]) -> None:
@@ -510,7 +562,7 @@ def test_expiry_releases_the_reservation_and_ends_the_pending_transfer(funded: t
     book.state.check_invariants()
 
 
-@pytest.mark.parametrize("timeout_s", [-1, PENDING_TIMEOUT_S_MAX + 1, 1.5])
+@pytest.mark.parametrize("timeout_s", [-1, PENDING_TIMEOUT_S_MAX + 1])
 def test_pending_timeout_must_be_within_bounds(funded: tuple[Book, UUID, UUID, UUID], timeout_s: object) -> None:
     book, _, rich, poor = funded
     err = refused(book, single("hold", rich, poor, 1, kind="pending", timeout_s=timeout_s), errors.InvalidRequest)
@@ -552,7 +604,7 @@ def test_same_key_other_payload_conflicts_naming_the_field(
     book, settlement, rich, poor = funded
     original = single("pay", rich, poor, 100, code=1, reference="ref")
     book.transfer(original)
-    fields = {f.name: getattr(original, f.name) for f in dataclasses.fields(original)}
+    fields = {f.name: getattr(original, f.name) for f in dataclasses.fields(original) if f.init}
     fields.update({k: (settlement if v == "other" else v) for k, v in change.items()})
     with pytest.raises(errors.IdempotencyConflict) as caught:
         book.decider.replay_of(CreateTransfer(**fields))  # type: ignore[arg-type]

@@ -22,11 +22,13 @@ from uuid import UUID
 import pytest
 from eventsourcing.persistence import StoredEvent
 
+import ledger.command_types
 import ledger.model
 import ledger.writer
 from ledger import errors
 from ledger.application import CHECKPOINT_ID, LedgerApplication, ledger_env
 from ledger.chart import REQUIRED_FLAGS, AccountCode
+from ledger.command_types import transfer_id_for_key
 from ledger.events import LedgerEvent, PendingTransferExpired, PendingTransferResolved, TransferCommitted
 from ledger.index import IdFilter
 from ledger.inmemory import InMemoryWriterLease, RecorderTransferLookup
@@ -45,7 +47,6 @@ from ledger.model import (
     OpenAccount,
     TransferResult,
     chain_hash_of,
-    transfer_id_for_key,
 )
 from ledger.parties import RegisterParty, party_id_for_key, wallet_id_for_party
 from ledger.reply import Reply
@@ -413,7 +414,7 @@ def test_linked_batch_commits_all_together_in_order(funded: tuple[Ledger, UUID, 
     assert all(not r.replayed for r in results)
     stored = book.events()[count:]
     assert {e.linked_batch_id for e in stored if isinstance(e, TransferCommitted)} == {
-        uuid.uuid5(ledger.model.TRANSFER_ID_NAMESPACE, "linked:l1")
+        uuid.uuid5(ledger.command_types.TRANSFER_ID_NAMESPACE, "linked:l1")
     }
     assert book.account(escrow) == [0, 0, 0, 2_500]
     # The replayed batch returns the originals.
@@ -993,10 +994,9 @@ def test_state_as_of_the_position_of_a_post_can_be_rebuilt(funded: tuple[Ledger,
     assert as_of.accounts[rich].balances() == [0, 1_000, 0, 10_000]
 
 
-def test_replay_after_index_eviction_looks_the_key_up(monkeypatch: pytest.MonkeyPatch,
-                                                      funded: tuple[Ledger, UUID, UUID, UUID]) -> None:
+def test_replay_after_index_eviction_looks_the_key_up(funded: tuple[Ledger, UUID, UUID, UUID]) -> None:
     book, settlement, rich, poor = funded
-    monkeypatch.setattr(ledger.model, "TRANSFER_INDEX_RECENT_MAX", 3)
+    book.writer.state.index_bound = 3
     first = book.writer.transfer(t("first", rich, poor, 10_000))
     for i in range(4):
         book.writer.transfer(t(f"fill-{i}", settlement, poor, 1))
@@ -1007,10 +1007,10 @@ def test_replay_after_index_eviction_looks_the_key_up(monkeypatch: pytest.Monkey
 
 
 def test_replay_of_a_key_evicted_earlier_in_the_same_batch_returns_the_original(
-    monkeypatch: pytest.MonkeyPatch, funded: tuple[Ledger, UUID, UUID, UUID]
+    funded: tuple[Ledger, UUID, UUID, UUID]
 ) -> None:
     book, settlement, rich, poor = funded
-    monkeypatch.setattr(ledger.model, "TRANSFER_INDEX_RECENT_MAX", 3)
+    book.writer.state.index_bound = 3
     spent = book.writer.transfer(t("spend-all", rich, poor, 10_000))  # rich is now empty
     book.writer.transfer(t("fill-1", settlement, poor, 1))
     assert book.writer.state.index_complete is True  # deposit, spend-all, fill-1: nothing forgotten yet
@@ -1025,6 +1025,7 @@ def test_replay_of_a_key_evicted_earlier_in_the_same_batch_returns_the_original(
     assert retry.replayed and retry.position == spent.position
     assert isinstance(fill_2, TransferResult) and isinstance(fill_3, TransferResult)
     assert book.event_count() == count + 2
+    assert spent.id not in book.writer.state.transfers  # evicted again after the batch: the bound did apply
 
 
 def test_a_failed_save_answers_unavailable_and_a_retry_commits_once(

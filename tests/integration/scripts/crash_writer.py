@@ -18,7 +18,8 @@ from typing import Any
 from commands.bootstrap import build_ledger
 from ledger import errors
 from ledger.chart import REQUIRED_FLAGS, AccountCode
-from ledger.model import CreateTransfer, OpenAccount, transfer_id_for_key
+from ledger.command_types import transfer_id_for_key
+from ledger.model import CreateTransfer, OpenAccount
 
 NAMESPACE = uuid.UUID("c7a2b0e4-5d1f-4e3a-9b6c-0f8e7d6c5b4a")
 CHECKPOINT_INTERVAL = 150
