@@ -40,6 +40,8 @@ GROUP_NAME = "ledger._compiled"
 MANIFEST = "manifest.json"
 ENV_SWITCH = "RAZAO_NATIVE"
 ENV_DIR = "RAZAO_NATIVE_DIR"
+OFF = f"{ENV_SWITCH}=off"
+NOT_BUILT = "not built (razao native build)"
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -77,10 +79,10 @@ def inspect() -> NativeStatus:
     """Compares the build's manifest with the sources and the interpreter; changes nothing."""
     directory = native_dir()
     if os.environ.get(ENV_SWITCH, "on").strip().lower() in ("off", "0", "false", "no"):
-        return NativeStatus(False, f"{ENV_SWITCH}=off", directory)
+        return NativeStatus(False, OFF, directory)
     manifest_path = directory / MANIFEST
     if not manifest_path.is_file():
-        return NativeStatus(False, "not built (razao native build)", directory)
+        return NativeStatus(False, NOT_BUILT, directory)
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         built_for, sources, compiler = manifest["interpreter"], manifest["sources"], manifest["compiler"]
@@ -90,13 +92,20 @@ def inspect() -> NativeStatus:
         return NativeStatus(False, f"unreadable manifest ({exc})", directory)
     if built_for != interpreter_tag():
         return NativeStatus(False, f"built for {built_for}, this is {interpreter_tag()}", directory, compiler)
+    if set(sources) != set(COMPILED_MODULES):
+        return NativeStatus(False, f"built for other modules: {', '.join(sorted(sources))}", directory, compiler)
     current = source_digests()
     changed = sorted(m for m in COMPILED_MODULES if sources.get(m) != current[m])
     if changed:
         return NativeStatus(False, f"sources changed since the build: {', '.join(changed)}", directory, compiler)
-    missing = [m for m in COMPILED_MODULES if not any((directory / "ledger").glob(m.split(".", 1)[1] + ".*.so"))]
-    if missing:
-        return NativeStatus(False, f"build incomplete: {', '.join(missing)}", directory, compiler)
+    # Exactly the compiled modules and their group's library: anything else there would shadow a source too.
+    found = {path.name.split(".", 1)[0] for path in (directory / "ledger").glob("*.so")}
+    expected = {m.split(".", 1)[1] for m in COMPILED_MODULES} | {GROUP_NAME.split(".", 1)[1] + "__mypyc"}
+    if found != expected:
+        missing, extra = sorted(expected - found), sorted(found - expected)
+        detail = "; ".join(part for part in (f"missing {', '.join(missing)}" if missing else "",
+                                             f"unexpected {', '.join(extra)}" if extra else "") if part)
+        return NativeStatus(False, f"build incomplete or mixed: {detail}", directory, compiler)
     return NativeStatus(True, "compiled", directory, compiler)
 
 
@@ -105,7 +114,7 @@ def activate(package_path: MutableSequence[str]) -> NativeStatus:
     status = inspect()
     if status.active:
         package_path.insert(0, str(status.directory / "ledger"))
-    elif status.reason.startswith("sources changed") or status.reason.startswith("built for"):
+    elif status.reason not in (OFF, NOT_BUILT):  # a build is there, and cannot be used: say so
         log.warning("ledger runs interpreted: %s; run `razao native build`", status.reason)
     return status
 

@@ -50,8 +50,8 @@ def build_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def fake_build(directory: Path, **manifest: Any) -> None:
     (directory / "ledger").mkdir(parents=True)
-    for module in native.COMPILED_MODULES:
-        (directory / "ledger" / f"{module.split('.', 1)[1]}.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
+    for name in [m.split(".", 1)[1] for m in native.COMPILED_MODULES] + ["_compiled__mypyc"]:
+        (directory / "ledger" / f"{name}.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
     native.write_manifest(directory, "mypyc test", native.source_digests())
     if manifest:
         written = json.loads((directory / native.MANIFEST).read_text())
@@ -74,15 +74,17 @@ def test_no_build_leaves_the_sources(build_dir: Path) -> None:
     assert path == ["/src/ledger"]
 
 
-def test_a_source_changed_since_the_build_is_never_shadowed(build_dir: Path) -> None:
+def test_a_source_changed_since_the_build_is_never_shadowed(build_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     fake_build(build_dir)
     manifest = json.loads((build_dir / native.MANIFEST).read_text())
     manifest["sources"]["ledger.model"] = "0" * 64
     (build_dir / native.MANIFEST).write_text(json.dumps(manifest))
     path = ["/src/ledger"]
-    status = native.activate(path)
+    with caplog.at_level("WARNING", logger="ledger.native"):
+        status = native.activate(path)
     assert not status.active and status.reason == "sources changed since the build: ledger.model"
     assert path == ["/src/ledger"]
+    assert "ledger runs interpreted: sources changed since the build" in caplog.text  # an operator is told
 
 
 @pytest.mark.parametrize(
@@ -101,10 +103,17 @@ def test_a_build_for_another_interpreter_or_a_bad_manifest_is_not_used(
     assert not status.active and reason in status.reason
 
 
-def test_an_unreadable_manifest_or_a_missing_module_is_not_used(build_dir: Path) -> None:
+def test_an_unreadable_manifest_or_a_missing_or_extra_module_is_not_used(build_dir: Path) -> None:
     fake_build(build_dir)
+    # A module compiled by an earlier build but no longer listed would shadow its source: not used either.
+    (build_dir / "ledger" / "writer.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
+    assert native.inspect().reason == "build incomplete or mixed: unexpected writer"
     (build_dir / "ledger" / "model.cpython-311-x86_64-linux-gnu.so").unlink()
-    assert native.inspect().reason == "build incomplete: ledger.model"
+    assert native.inspect().reason == "build incomplete or mixed: missing model; unexpected writer"
+    manifest = json.loads((build_dir / native.MANIFEST).read_text())
+    manifest["sources"]["ledger.writer"] = "0" * 64
+    (build_dir / native.MANIFEST).write_text(json.dumps(manifest))
+    assert native.inspect().reason.startswith("built for other modules: ")
     (build_dir / native.MANIFEST).write_text("{")
     assert native.inspect().reason.startswith("unreadable manifest")
 
