@@ -23,6 +23,9 @@ from ledger import errors
 from ledger.canonical import chain_text
 from ledger.chart import REQUIRED_FLAGS, AccountCode, AccountFlags
 from ledger.command_types import (
+    KEY_MESSAGE,
+    REFERENCE_MESSAGE,
+    TIMEOUT_MESSAGE,
     TRANSFER_ID_NAMESPACE,
     TRANSFER_KINDS,
     CloseAccount,
@@ -66,7 +69,6 @@ GENESIS_CHAIN_HASH = "0" * 64
 _CLOSED = int(AccountFlags.CLOSED)
 _DEBITS_MUST_NOT_EXCEED_CREDITS = int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS)
 _CREDITS_MUST_NOT_EXCEED_DEBITS = int(AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS)
-
 
 
 
@@ -697,7 +699,7 @@ class Decider:
         if cmd.pending_id is not None:
             raise errors.InvalidRequest("pending_id is only for posting or voiding", field="pending_id")
         if type(cmd.timeout_s) is not int or not 0 <= cmd.timeout_s <= PENDING_TIMEOUT_S_MAX:
-            raise errors.InvalidRequest(f"timeout_s must be between 0 and {PENDING_TIMEOUT_S_MAX}", field="timeout_s")
+            raise errors.InvalidRequest(TIMEOUT_MESSAGE, field="timeout_s")
         if cmd.kind == "single" and cmd.timeout_s:
             raise errors.InvalidRequest("only a pending transfer can time out", field="timeout_s")
         if cmd.amount_centavos is None:
@@ -810,16 +812,12 @@ class Decider:
 
 def _check_key(key: str) -> None:
     if not isinstance(key, str) or not 0 < len(key) <= IDEMPOTENCY_KEY_LENGTH_MAX or not key.isprintable():
-        raise errors.InvalidRequest(
-            f"idempotency key must be 1 to {IDEMPOTENCY_KEY_LENGTH_MAX} printable characters", field="key"
-        )
+        raise errors.InvalidRequest(KEY_MESSAGE, field="key")
 
 
 def _check_reference(reference: str) -> None:
     if not isinstance(reference, str) or len(reference) > REFERENCE_LENGTH_MAX or not reference.isprintable():
-        raise errors.InvalidRequest(
-            f"reference must be at most {REFERENCE_LENGTH_MAX} printable characters", field="reference"
-        )
+        raise errors.InvalidRequest(REFERENCE_MESSAGE, field="reference")
 
 
 def _check_limits(debit: Account, debit_after: Balances, credit: Account, credit_after: Balances) -> None:
