@@ -1,14 +1,16 @@
 """``razao native build|status``: compiles the writer's hot path with mypyc (ADR 0020); ``ledger.native`` loads it.
 
-The build compiles ``ledger.native.COMPILED_MODULES`` as one mypyc group into a staging directory, writes the
-manifest (the SHA-256 of each source as it was read, the interpreter) and then swaps the staging directory into
-place, so a failed or interrupted build leaves the previous state (a good build, or none) untouched. Without a C
+The build copies the package's sources aside, compiles ``ledger.native.COMPILED_MODULES`` from the copies as one
+mypyc group into a staging directory, writes the manifest (the SHA-256 of each copy, the interpreter) and then swaps
+the staging directory into place, so a failed or interrupted build leaves the previous state (a good build, or none)
+untouched. Without a C
 compiler or mypyc the build fails and the ledger keeps running the same sources interpreted.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
 import sys
@@ -39,13 +41,12 @@ def build(force: bool = False) -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="razao-native-") as scratch:
         work = Path(scratch)
-        sources = native.source_digests()  # before compiling: the manifest names what was read
-        repo = native.PACKAGE_DIR.parent
+        sources = _copy_sources(work / "src")
         cwd = os.getcwd()
-        os.chdir(repo)  # mypyc reads the mypy settings of pyproject.toml and names modules from the paths
+        os.chdir(work / "src")  # mypyc names modules from the paths and reads mypy.ini there
         try:
             extensions = mypycify(
-                [str(native.source_path(m).relative_to(repo)) for m in native.COMPILED_MODULES],
+                [f"ledger/{m.split('.', 1)[1]}.py" for m in native.COMPILED_MODULES],
                 opt_level="3",
                 group_name=native.GROUP_NAME,
                 target_dir=str(work / "c"),
@@ -69,6 +70,19 @@ def build(force: bool = False) -> int:
     print(f"razao native: {len(native.COMPILED_MODULES)} modules compiled with {compiler} into {target} "
           f"in {time.perf_counter() - started:.0f} s")
     return 0
+
+
+def _copy_sources(src: Path) -> dict[str, str]:
+    """Copies the ``ledger`` package's sources into ``src`` (with a mypy.ini of its own, so the build is the same
+    from a checkout or from an installed package) and returns the digests of the copies: what gets compiled."""
+    package = src / "ledger"
+    package.mkdir(parents=True)
+    for path in native.PACKAGE_DIR.iterdir():
+        if path.suffix == ".py" or path.name == "py.typed":
+            shutil.copyfile(path, package / path.name)
+    (src / "mypy.ini").write_text("[mypy]\n[mypy-eventsourcing.*]\nfollow_imports = silent\n", encoding="utf-8")
+    return {m: hashlib.sha256((package / f"{m.split('.', 1)[1]}.py").read_bytes()).hexdigest()
+            for m in native.COMPILED_MODULES}
 
 
 def _swap_in(staging: Path, target: Path) -> None:
