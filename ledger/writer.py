@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+import ledger
 from ledger import errors
 from ledger.application import CheckpointTables, LedgerApplication
 from ledger.command_types import (
@@ -277,6 +278,9 @@ class LedgerWriter:
         gc.freeze()  # the state just loaded lives as long as the writer
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
         self._thread.start()
+        log.info("ledger writer started at position %d; ledger code %s", self._state.position,
+                 f"compiled ({ledger.NATIVE.compiler})" if ledger.NATIVE.active else
+                 f"interpreted ({ledger.NATIVE.reason})")
         return self
 
     def _load_state(self, previous: LedgerState | None = None) -> LedgerState:

@@ -130,3 +130,16 @@ def test_the_real_build_is_the_one_this_process_runs() -> None:
     # (mypyc names the file from the group's library, one level deeper than it is: compare the start and the end.)
     loaded = str(ledger.model.__file__)
     assert loaded.startswith(str(ledger.NATIVE.directory / "ledger")) and loaded.endswith(".so")
+
+
+def test_a_starting_writer_says_which_code_it_runs(caplog: pytest.LogCaptureFixture) -> None:
+    from ledger.application import LedgerApplication, ledger_env
+    from ledger.inmemory import InMemoryWriterLease, RecorderTransferLookup
+    from ledger.writer import LedgerWriter
+
+    app = LedgerApplication(env=ledger_env())
+    with caplog.at_level("INFO", logger="ledger.writer"):
+        writer = LedgerWriter(app, InMemoryWriterLease("says-its-code"), RecorderTransferLookup(app.recorder)).start()
+    writer.stop()
+    expected = f"compiled ({ledger.NATIVE.compiler})" if ledger.NATIVE.active else "interpreted"
+    assert f"ledger writer started at position 0; ledger code {expected}" in caplog.text
