@@ -15,11 +15,11 @@ from uuid import UUID
 
 from ledger import errors
 from ledger.limits import IDEMPOTENCY_KEY_LENGTH_MAX, LEDGER_BRL, PENDING_TIMEOUT_S_MAX, REFERENCE_LENGTH_MAX
+from ledger.money import AMOUNT_TYPE_MESSAGE
 from ledger.parties import RegisterParty
 
 KEY_MESSAGE = f"idempotency key must be 1 to {IDEMPOTENCY_KEY_LENGTH_MAX} printable characters"
 REFERENCE_MESSAGE = f"reference must be at most {REFERENCE_LENGTH_MAX} printable characters"
-AMOUNT_MESSAGE = "amount must be an integer number of centavos"
 TIMEOUT_MESSAGE = f"timeout_s must be between 0 and {PENDING_TIMEOUT_S_MAX}"
 
 
@@ -128,7 +128,7 @@ class CreateTransfer:
         _require_uuid(self.debit_account_id, "debit_account_id", optional=True)
         _require_uuid(self.credit_account_id, "credit_account_id", optional=True)
         _require(self.amount_centavos is None or type(self.amount_centavos) is int, "amount_centavos",
-                 AMOUNT_MESSAGE)
+                 AMOUNT_TYPE_MESSAGE)
         _require(isinstance(self.kind, str), "kind", f"kind must be one of {', '.join(TRANSFER_KINDS)}")
         _require_uuid(self.pending_id, "pending_id", optional=True)
         _require(type(self.timeout_s) is int, "timeout_s", TIMEOUT_MESSAGE)

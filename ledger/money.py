@@ -32,10 +32,13 @@ def format_amount(amount_centavos: int) -> str:
     return f"{sign}{whole}.{cents:02d}"
 
 
+AMOUNT_TYPE_MESSAGE: Final = "amount must be an integer number of centavos"
+
+
 def check_amount(amount_centavos: int) -> None:
     """Raises the typed error for an amount a transfer may not carry."""
     if type(amount_centavos) is not int:
-        raise InvalidRequest("amount must be an integer number of centavos", field="amount_centavos")
+        raise InvalidRequest(AMOUNT_TYPE_MESSAGE, field="amount_centavos")
     if amount_centavos <= 0:
         raise AmountMustBePositive("amount must be positive", amount_centavos=amount_centavos)
     if amount_centavos > AMOUNT_CENTAVOS_MAX:
