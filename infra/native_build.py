@@ -3,14 +3,12 @@
 The build copies the package's sources aside, compiles ``ledger.native.COMPILED_MODULES`` from the copies as one
 mypyc group into a staging directory, writes the manifest (the SHA-256 of each copy, the interpreter) and then swaps
 the staging directory into place, so a failed or interrupted build leaves the previous state (a good build, or none)
-untouched. Without a C
-compiler or mypyc the build fails and the ledger keeps running the same sources interpreted.
+untouched. Without a C compiler or mypyc the build fails and the ledger keeps running the same sources interpreted.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import sys
@@ -46,7 +44,7 @@ def build(force: bool = False) -> int:
         os.chdir(work / "src")  # mypyc names modules from the paths and reads mypy.ini there
         try:
             extensions = mypycify(
-                [f"ledger/{m.split('.', 1)[1]}.py" for m in native.COMPILED_MODULES],
+                [f"ledger/{native.stem(m)}.py" for m in native.COMPILED_MODULES],
                 opt_level="3",
                 group_name=native.GROUP_NAME,
                 target_dir=str(work / "c"),
@@ -81,8 +79,7 @@ def _copy_sources(src: Path) -> dict[str, str]:
         if path.suffix == ".py" or path.name == "py.typed":
             shutil.copyfile(path, package / path.name)
     (src / "mypy.ini").write_text("[mypy]\n[mypy-eventsourcing.*]\nfollow_imports = silent\n", encoding="utf-8")
-    return {m: hashlib.sha256((package / f"{m.split('.', 1)[1]}.py").read_bytes()).hexdigest()
-            for m in native.COMPILED_MODULES}
+    return native.source_digests(package)
 
 
 def _swap_in(staging: Path, target: Path) -> None:
@@ -121,7 +118,10 @@ def status() -> int:
 
 def register_cli(subparsers: Any) -> None:
     parser = subparsers.add_parser("native", help="the ledger's compiled hot path (mypyc)")
-    sub = parser.add_subparsers(dest="native_command", required=True)
+    _add_commands(parser.add_subparsers(dest="native_command", required=True))
+
+
+def _add_commands(sub: Any) -> None:
     run_build = sub.add_parser("build", help="compile the writer's hot path unless the build is up to date")
     run_build.add_argument("--force", action="store_true", help="rebuild even when up to date")
     run_build.set_defaults(func=lambda args: build(args.force))
@@ -130,8 +130,9 @@ def register_cli(subparsers: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # What `razao native` does, without loading every plugin of the `razao` command (scripts/bootstrap runs this).
     parser = argparse.ArgumentParser(prog="python -m infra.native_build")
-    register_cli(parser.add_subparsers(dest="command", required=True))
+    _add_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

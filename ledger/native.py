@@ -52,12 +52,14 @@ def native_dir() -> Path:
     return Path(configured) if configured else Path(sys.prefix) / "razao-native"
 
 
-def source_path(module: str) -> Path:
-    return PACKAGE_DIR / (module.split(".", 1)[1] + ".py")
+def stem(module: str) -> str:
+    """``ledger.model`` -> ``model``: the name of the module's file, and of its extension, in the package."""
+    return module.rpartition(".")[2]
 
 
-def source_digests() -> dict[str, str]:
-    return {m: hashlib.sha256(source_path(m).read_bytes()).hexdigest() for m in COMPILED_MODULES}
+def source_digests(package_dir: Path = PACKAGE_DIR) -> dict[str, str]:
+    """The SHA-256 of each compiled module's source in ``package_dir``."""
+    return {m: hashlib.sha256((package_dir / f"{stem(m)}.py").read_bytes()).hexdigest() for m in COMPILED_MODULES}
 
 
 def interpreter_tag() -> str:
@@ -100,7 +102,7 @@ def inspect() -> NativeStatus:
         return NativeStatus(False, f"sources changed since the build: {', '.join(changed)}", directory, compiler)
     # Exactly the compiled modules and their group's library: anything else there would shadow a source too.
     found = {path.name.split(".", 1)[0] for path in (directory / "ledger").glob("*.so")}
-    expected = {m.split(".", 1)[1] for m in COMPILED_MODULES} | {GROUP_NAME.split(".", 1)[1] + "__mypyc"}
+    expected = {stem(m) for m in COMPILED_MODULES} | {stem(GROUP_NAME) + "__mypyc"}
     if found != expected:
         missing, extra = sorted(expected - found), sorted(found - expected)
         detail = "; ".join(part for part in (f"missing {', '.join(missing)}" if missing else "",

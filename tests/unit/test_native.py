@@ -50,7 +50,7 @@ def build_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def fake_build(directory: Path, **manifest: Any) -> None:
     (directory / "ledger").mkdir(parents=True)
-    for name in [m.split(".", 1)[1] for m in native.COMPILED_MODULES] + ["_compiled__mypyc"]:
+    for name in [native.stem(m) for m in native.COMPILED_MODULES] + ["_compiled__mypyc"]:
         (directory / "ledger" / f"{name}.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
     native.write_manifest(directory, "mypyc test", native.source_digests())
     if manifest:
