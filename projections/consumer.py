@@ -13,6 +13,9 @@ What stops the projector, and never gets skipped:
 - a gap (an event whose ``previous_chain_hash`` is not the last applied one: an event is missing, e.g. the broker
   lost records): nothing after it is applied; the partition is re-read from the beginning (at most every few
   seconds) while the relay, which noticed the loss too, publishes the log again.
+- read models of another ledger (``projections.ledger_identity``): checked at start against the ledger's event at
+  the tracked position (``check_ledger``). The projector writes the refusal to the tracking row, logs it as CRITICAL
+  and exits with status 2 (so `razao up` fails at once, naming it); it consumes nothing.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ from kafka.structs import OffsetAndMetadata  # type: ignore[import-untyped]
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ledger.contracts import ContractError, IntegrationEvent
-from projections.bootstrap import quiet_closed_transport_race, serve_status
+from projections.bootstrap import NotificationLog, quiet_closed_transport_race, serve_status
+from projections.ledger_identity import is_ledger_mismatch, ledger_mismatch
 from projections.limits import (
     PROJECTOR_BATCH_EVENTS_MAX,
     PROJECTOR_POLL_MS_MAX,
@@ -70,8 +74,12 @@ class ProjectorMetrics:
                                        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2), registry=r)
 
 
+class LedgerMismatch(RuntimeError):
+    """The read models were built from another ledger (``projections.ledger_identity``)."""
+
+
 class Projector:
-    """Consumes the ledger topic into one ``ProjectionStore``; ``run`` until ``stop``."""
+    """Consumes the ledger topic into one ``ProjectionStore``; ``check_ledger`` first, then ``run`` until ``stop``."""
 
     def __init__(self, store: ProjectionStore, bootstrap: str, topic: str, *, group_id: str = GROUP_ID,
                  session_timeout_ms: int = SESSION_TIMEOUT_MS_DEFAULT,
@@ -129,6 +137,19 @@ class Projector:
         finally:
             consumer.close(autocommit=False)
             self.store.close()
+
+    def check_ledger(self, ledger: NotificationLog) -> None:
+        """Raises ``LedgerMismatch`` (recorded in the tracking row) unless the read models are of ``ledger``."""
+        tracking = self.store.ensure()
+        refusal = ledger_mismatch(ledger, tracking.position, tracking.chain_hash)
+        if refusal is not None:
+            self.store.halt(refusal, tracking.position)
+            self.store.close()
+            log.critical("PROJECTOR REFUSED TO START: %s", refusal)
+            raise LedgerMismatch(refusal)
+        if is_ledger_mismatch(tracking.halted_reason):  # the operator put the right ledger back
+            self.store.clear_halt()
+            log.info("the read models are of this ledger again (position %d)", tracking.position)
 
     def _await_topic(self, consumer: KafkaConsumer) -> None:
         """Waits (bounded) until the relay has created the ledger topic, listing all topics: a metadata request
@@ -282,7 +303,7 @@ def serve_health(projector: Projector, port: int) -> ThreadingHTTPServer:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from projections.bootstrap import ensure_read_database, load_read_settings
+    from projections.bootstrap import ensure_read_database, load_read_settings, open_ledger_log
     from projections.schema import LIVE_SCHEMA
 
     parser = argparse.ArgumentParser(prog="python -m projections.consumer", description=__doc__.split("\n")[0])
@@ -300,6 +321,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     projector = Projector(ProjectionStore(settings.read_dsn, args.schema), settings.kafka_bootstrap, settings.topic,
                           group_id=args.group_id, session_timeout_ms=args.session_timeout_ms,
                           heartbeat_interval_ms=args.heartbeat_interval_ms)
+    try:
+        ledger = open_ledger_log(settings.ledger_dsn)
+    except psycopg.OperationalError as exc:
+        # The read side runs without the ledger's database (it reads Kafka); only this check needs it.
+        log.warning("the ledger's database does not answer (%s): the read models are not checked against it at "
+                    "this start", exc)
+    else:
+        try:
+            projector.check_ledger(ledger)
+        except LedgerMismatch:
+            return 2
+        finally:
+            ledger.close()
     server = serve_health(projector, args.port) if args.port else None
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: projector.stop())

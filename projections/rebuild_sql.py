@@ -33,7 +33,6 @@ staging tables; the caller commits the swap.
 
 from __future__ import annotations
 
-import json
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -55,6 +54,7 @@ from ledger.contracts import (
 )
 from projections import schema as schema_ddl
 from projections.bootstrap import RAW_LOG_COLUMNS, NotificationLog
+from projections.ledger_identity import chain_hash_at, log_record
 from projections.projector import STATUS_OF_KIND
 from projections.store import Conn, ProjectionBug
 
@@ -543,21 +543,15 @@ def _decode(conn: Conn, log: NotificationLog, schema: str, until: datetime | Non
         assert row is not None
         events, position = row
     events, position = int(events), int(position or 0)
-    chain_hash = json.loads(_record(log, position)[4])["chain_hash"] if position else GENESIS_CHAIN_HASH
+    chain_hash = _chain_hash(log, position) if position else GENESIS_CHAIN_HASH
     progress("decode/done", steps, steps)
     return Built(position, chain_hash, events)
 
 
-def _record(log: NotificationLog, position: int) -> tuple[Any, ...]:
-    """The log's raw record at ``position`` (id, aggregate id, version, topic, state)."""
-    select_rows = getattr(log, "select_rows", None)
-    if select_rows is not None:
-        rows = select_rows(position, 1, position)
-    else:
-        rows = [(n.id, n.originator_id, n.originator_version, n.topic, n.state)
-                for n in log.select_notifications(position, limit=1, stop=position)]
-    assert rows and rows[0][0] == position, f"log record {position} is gone"
-    return tuple(rows[0])
+def _chain_hash(log: NotificationLog, position: int) -> str:
+    chain_hash = chain_hash_at(log, position)
+    assert chain_hash is not None, f"log record {position} is gone"
+    return chain_hash
 
 
 def _post_state(side: str) -> sql.Composed:
@@ -570,7 +564,8 @@ def _post_state(side: str) -> sql.Composed:
 
 def _refuse(log: NotificationLog, position: int) -> None:
     """Raises the contract's own error for the log's record at ``position`` (it does not fit the contract)."""
-    row = _record(log, position)
+    row = log_record(log, position)
+    assert row is not None, f"log record {position} is gone"
     LogDecoder().decode_row(*row)
     raise MalformedEvent(f"log record {position} ({row[3]}) does not fit the contract as the set-based rebuild "
                          "reads it, although LogDecoder accepts it: projections.rebuild_sql needs fixing")

@@ -30,6 +30,7 @@ from projections.api.hub import Hub
 from projections.api.problems import Problem
 from projections.api.queries import Conn, Queries, Row
 from projections.api.ratelimit import RateLimiter
+from projections.ledger_identity import is_ledger_mismatch
 from projections.limits import (
     MIN_POSITION_WAIT_MS_DEFAULT,
     MIN_POSITION_WAIT_MS_MAX,
@@ -94,6 +95,9 @@ async def consistency(
                                                            "position (the `position` a write returned)")] = None,
     wait_ms: Annotated[int, Query(ge=0, le=MIN_POSITION_WAIT_MS_MAX)] = MIN_POSITION_WAIT_MS_DEFAULT,
 ) -> int:
+    if is_ledger_mismatch(ctx.hub.halted_reason):
+        # Rows of another ledger are wrong for this one, not merely late: nothing is served until they are replaced.
+        raise Problem("QUERY_LEDGER_MISMATCH", str(ctx.hub.halted_reason))
     if min_position is not None and not await ctx.hub.wait_for(min_position, wait_ms / 1000):
         raise Problem("QUERY_PROJECTION_BEHIND",
                       f"the read models are at position {ctx.hub.position}, not yet at {min_position}",

@@ -35,6 +35,7 @@ QUERY_ERRORS: dict[str, tuple[int, str]] = {
     "QUERY_RATE_LIMITED": (429, "Too many requests"),
     "QUERY_INTERNAL_ERROR": (500, "Internal error"),
     "QUERY_PROJECTION_BEHIND": (503, "The read models have not reached the requested position yet"),
+    "QUERY_LEDGER_MISMATCH": (503, "The read models were built from another ledger"),
     "QUERY_UNAVAILABLE": (503, "Temporarily unavailable"),
 }
 
