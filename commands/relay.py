@@ -16,6 +16,9 @@ detected two ways: the topic's id changed, or the broker acknowledged offsets at
 acknowledged. The relay then re-publishes the whole log from position 0, because it cannot know how far each
 consumer got; consumers drop what they have. `razao relay rewind --to P` re-publishes from P instead (runbook).
 
+A topic of another ledger is refused: before a relay first publishes to a topic that already holds records, the
+last record's chain hash must be this ledger's at that position; otherwise it exits with status 2.
+
 Only one relay runs per name: a session advisory lock on the ledger database, released when the process dies.
 Metrics (`/metrics`): position, log head, lag in events and seconds, batches, errors, rewinds.
 """
@@ -38,7 +41,7 @@ from http.server import ThreadingHTTPServer
 from typing import Any
 
 import psycopg
-from kafka import KafkaProducer  # type: ignore[import-untyped]
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition  # type: ignore[import-untyped]
 from kafka.admin import KafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 from kafka.errors import KafkaError, TopicAlreadyExistsError  # type: ignore[import-untyped]
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -51,7 +54,7 @@ from infra.settings import Settings, ensure_database, load_settings
 from infra.status_server import serve_status
 from ledger.application import LedgerApplication
 from ledger.chart import REQUIRED_FLAGS, AccountCode
-from ledger.contracts import GENESIS_CHAIN_HASH, LEDGER_TOPIC, ContractError, LogDecoder
+from ledger.contracts import GENESIS_CHAIN_HASH, LEDGER_TOPIC, ContractError, IntegrationEvent, LogDecoder
 from ledger.model import CreateTransfer, OpenAccount
 from ledger.reply import Reply
 
@@ -100,6 +103,10 @@ CREATE TABLE IF NOT EXISTS relay_position (
 
 class RelayBusy(RuntimeError):
     """Another relay process with the same name is running."""
+
+
+class TopicOfAnotherLedger(RuntimeError):
+    """The topic this relay would adopt already holds events of another ledger."""
 
 
 @dataclass(frozen=True)
@@ -313,12 +320,39 @@ class Relay:
         self._topic_checked = now
         assert self._state is not None
         if self._state.topic_id is None:
+            self._refuse_another_ledgers_topic()
             self._state = RelayPosition(self._state.position, self._state.chain_hash, topic_id, self._state.last_offset)
             self.positions.save(self._state)
         elif topic_id != self._state.topic_id:
             previous = self._state.topic_id
             self._state = RelayPosition(self._state.position, self._state.chain_hash, topic_id, None)
             self._rewind(f"topic {self.topic} is now {topic_id}, was {previous}")
+
+    def _refuse_another_ledgers_topic(self) -> None:
+        """Before this ledger's relay first publishes to the topic: records already there must be this ledger's.
+
+        A ledger created again (its database dropped, restored, or a DSN naming another server) starts at position
+        1 with a relay that never saw the topic. Appended after another ledger's events, its own would be dropped
+        by consumers as redeliveries up to the other ledger's position. The last record's chain hash settles it:
+        it commits to every event before it."""
+        value = last_record_value(self.bootstrap, self.topic)
+        if value is None:
+            return
+        try:
+            event = IntegrationEvent.from_json(value)
+        except ContractError as exc:
+            raise TopicOfAnotherLedger(f"topic {self.topic} holds records this relay did not publish ({exc})") from exc
+        found = self.app.recorder.select_notifications(event.position, limit=1, stop=event.position)
+        ours = (json.loads(found[0].state).get("chain_hash")
+                if found and found[0].id == event.position else None)
+        if ours != event.chain_hash:
+            here = (f"this ledger's event there has chain hash {ours}" if ours is not None
+                    else f"this ledger has no event at position {event.position}")
+            raise TopicOfAnotherLedger(
+                f"topic {self.topic} holds events of another ledger: its last record is position {event.position} "
+                f"with chain hash {event.chain_hash}, and {here}. Publish to another topic (RAZAO_LEDGER_TOPIC), or "
+                "delete this one if that ledger is gone (docs/runbook.md)")
+        log.info("topic %s already holds this ledger's events up to position %d", self.topic, event.position)
 
     # ---- Kafka and Postgres handles -------------------------------------------------------------------------
     def _producer_now(self) -> KafkaProducer:
@@ -427,6 +461,34 @@ def ensure_topic(admin: KafkaAdminClient, topic: str, known_id: str | None = Non
 # ------------------------------------------------------------------------------------------ metrics server
 
 
+def last_record_value(bootstrap: str, topic: str) -> bytes | None:
+    """The value of the last record of the ledger topic's one partition, or None when it holds none.
+
+    It reads from the offset before the end to the end: Tansu's end offset is the last *batch's* base offset + 1,
+    not the last record's + 1, so the records of that batch follow, and the last one read is the last."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="razao-relay-check", enable_auto_commit=False,
+                             isolation_level="read_uncommitted", fetch_max_wait_ms=10,
+                             request_timeout_ms=RELAY_REQUEST_TIMEOUT_MS)
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        first, end = consumer.beginning_offsets([tp])[tp], consumer.end_offsets([tp])[tp]
+        if end <= first:
+            return None
+        consumer.seek(tp, end - 1)
+        last: bytes | None = None
+        deadline = time.monotonic() + RELAY_ACK_TIMEOUT_S
+        while time.monotonic() < deadline:
+            polled = [r for records in consumer.poll(timeout_ms=200).values() for r in records]
+            if polled:
+                last = polled[-1].value
+            elif last is not None:
+                return last
+        raise KafkaError(f"the last records of topic {topic} (from offset {end - 1}) could not be read")
+    finally:
+        consumer.close()
+
+
 def serve_metrics(relay: Relay, port: int) -> ThreadingHTTPServer:
     def health() -> tuple[int, dict[str, Any]]:
         healthy = relay.healthy
@@ -454,6 +516,9 @@ def run_relay(dsn: str, bootstrap: str, *, name: str = "ledger", topic: str = LE
         relay.run()
     except RelayBusy as exc:
         log.error("%s", exc)
+        return 2
+    except TopicOfAnotherLedger as exc:
+        log.critical("RELAY REFUSED TO START: %s", exc)
         return 2
     finally:
         if server is not None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -14,7 +18,7 @@ from kafka import KafkaConsumer, TopicPartition  # type: ignore[import-untyped]
 from readside_support import PrivateBroker, wait_until
 
 from commands.bootstrap import LedgerRuntime, build_ledger
-from commands.relay import PositionStore, Relay, RelayBusy, relay_app, serve_metrics
+from commands.relay import PositionStore, Relay, RelayBusy, TopicOfAnotherLedger, relay_app, serve_metrics
 from infra.processes import free_port
 from ledger.chart import REQUIRED_FLAGS, AccountCode
 from ledger.contracts import GENESIS_CHAIN_HASH, IntegrationEvent
@@ -55,9 +59,9 @@ def ledger(fresh_database: str) -> Iterator[Ledger]:
 
 
 class RunningRelay:
-    def __init__(self, dsn: str, bootstrap: str, topic: str, **options: object) -> None:
+    def __init__(self, dsn: str, bootstrap: str, topic: str, name: str = "ledger", **options: object) -> None:
         self.app = relay_app(dsn)
-        self.relay = Relay(self.app, PositionStore(dsn, "ledger", topic), bootstrap, topic=topic, **options)
+        self.relay = Relay(self.app, PositionStore(dsn, name, topic), bootstrap, topic=topic, **options)
         self.thread = threading.Thread(target=self.relay.run, daemon=True)
         self.thread.start()
 
@@ -95,6 +99,22 @@ def read_topic(bootstrap: str, topic: str, until_position: int, timeout_s: float
     finally:
         consumer.close()
     raise AssertionError(f"the topic did not reach position {until_position}")
+
+
+def record_count(bootstrap: str, topic: str) -> int:
+    """Every record of the topic, read to the end (Tansu's end offset counts batches, not records)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=10)
+    tp = TopicPartition(topic, 0)
+    consumer.assign([tp])
+    consumer.seek_to_beginning(tp)
+    count, quiet = 0, 0
+    try:
+        while quiet < 5:
+            polled = sum(len(batch) for batch in consumer.poll(timeout_ms=200).values())
+            count, quiet = count + polled, 0 if polled else quiet + 1
+    finally:
+        consumer.close()
+    return count
 
 
 def stored_position(dsn: str) -> tuple[int, int]:
@@ -209,3 +229,56 @@ def test_only_one_relay_runs_per_name(fresh_database: str, topic: str) -> None:
     second = PositionStore(fresh_database, "ledger", topic)
     second.open()  # the lock went with the first one's connection
     second.close()
+
+
+def test_a_topic_holding_another_ledgers_events_is_refused(ledger: Ledger, fresh_database: str,
+                                                             pg_dsn_factory: Callable[[], str],
+                                                             broker: PrivateBroker, topic: str,
+                                                             tmp_path: Path) -> None:
+    first = RunningRelay(fresh_database, broker.bootstrap, topic)
+    try:
+        head = ledger.transfers(5)
+        wait_until(lambda: stored_position(fresh_database)[0] == head, 15, "the first ledger's publication")
+    finally:
+        first.stop()
+    published = record_count(broker.bootstrap, topic)
+    assert published >= head
+    # Another relay of the same ledger adopts the topic: its records are this ledger's.
+    same = RunningRelay(fresh_database, broker.bootstrap, topic, name="second")
+    try:
+        wait_until(lambda: same.relay.position == head, 15, "the same ledger's second relay")
+    finally:
+        same.stop()
+
+    other_dsn = pg_dsn_factory()  # a ledger created again: positions start at 1 with other chain hashes
+    other = build_ledger(other_dsn)
+    try:
+        Ledger(other)
+    finally:
+        other.close()
+    refused: list[BaseException] = []
+    app = relay_app(other_dsn)
+    relay = Relay(app, PositionStore(other_dsn, "ledger", topic), broker.bootstrap, topic=topic)
+
+    def run() -> None:
+        try:
+            relay.run()
+        except TopicOfAnotherLedger as exc:
+            refused.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(30)
+    relay.stop()  # a relay that did not refuse would still be publishing
+    thread.join(30)
+    app.close()
+    assert refused and "holds events of another ledger" in str(refused[0])
+    log_path = tmp_path / "relay.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "commands.relay", "run", "--dsn", other_dsn, "--topic",
+                                    topic, "--port", "0"], stdout=log, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "RAZAO_KAFKA_BOOTSTRAP": broker.bootstrap})
+        assert process.wait(60) == 2
+    assert "RELAY REFUSED TO START" in log_path.read_text()
+    assert stored_position(other_dsn) == (0, 0)
+    assert record_count(broker.bootstrap, topic) == published + head  # the second relay's records, none of the other's
