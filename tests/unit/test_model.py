@@ -7,6 +7,7 @@ exactly the chain hash a rebuild from the store will recompute.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -748,6 +749,8 @@ def test_transfer_ids_are_derived_from_keys() -> None:
 def test_payload_hash_covers_everything_but_the_key(funded: tuple[Book, UUID, UUID, UUID]) -> None:
     _, _, rich, poor = funded
     base = single("a", rich, poor, 100)
+    # The rule the stored hashes were made with: computed once, when the command is built, and never changed.
+    assert base.payload_hash() == hashlib.sha256(f"single|{rich}|{poor}|100|None|0|986|1|".encode()).hexdigest()
     assert base.payload_hash() == dataclasses.replace(base, key="b").payload_hash()
     for change in ({"amount_centavos": 101}, {"reference": "x"}, {"code": 2}, {"kind": "pending"},
                    {"timeout_s": 1}, {"ledger": 840}, {"debit_account_id": poor}):
