@@ -59,7 +59,8 @@ _V5_SET = (0x8000 << 48) | (5 << 76)  # RFC 4122 variant, version 5
 def transfer_id_for_key(key: str) -> UUID:
     """The transfer id a key maps to: ``uuid.uuid5(TRANSFER_ID_NAMESPACE, key)``, stable across processes and
     restarts. Built from the integer, which skips a third of ``uuid5``'s work (every command pays it)."""
-    digest = hashlib.sha1(_NAMESPACE_BYTES + key.encode("utf-8"), usedforsecurity=False).digest()
+    # ``surrogatepass``: a key with a lone surrogate still gets an id here; the decider refuses it (not printable).
+    digest = hashlib.sha1(_NAMESPACE_BYTES + key.encode("utf-8", "surrogatepass"), usedforsecurity=False).digest()
     return UUID(int=(int.from_bytes(digest[:16]) & _V5_CLEAR) | _V5_SET)
 
 
@@ -135,7 +136,9 @@ class CreateTransfer:
         _require_int(self.code, "code")
         _require(isinstance(self.reference, str), "reference", REFERENCE_MESSAGE)
         object.__setattr__(self, "_transfer_id", transfer_id_for_key(self.key))
-        object.__setattr__(self, "_payload_hash", hashlib.sha256(self.canonical().encode()).hexdigest())
+        # ``surrogatepass`` as above: a reference with a lone surrogate is refused by the decider, not here.
+        canonical = self.canonical().encode("utf-8", "surrogatepass")
+        object.__setattr__(self, "_payload_hash", hashlib.sha256(canonical).hexdigest())
 
     @property
     def transfer_id(self) -> UUID:

@@ -388,8 +388,10 @@ def test_overflow_counts_pending_and_posted_together(book: Book) -> None:
         ({"key": ""}, "key"),
         ({"key": "k" * (IDEMPOTENCY_KEY_LENGTH_MAX + 1)}, "key"),
         ({"key": "line\nbreak"}, "key"),
+        ({"key": "lone \ud800 surrogate"}, "key"),  # not UTF-8: refused, not a UnicodeEncodeError
         ({"reference": "r" * (REFERENCE_LENGTH_MAX + 1)}, "reference"),
         ({"reference": "tab\there"}, "reference"),
+        ({"reference": "lone \udfff surrogate"}, "reference"),
         ({"kind": "refund"}, "kind"),
         ({"timeout_s": 60}, "timeout_s"),
         ({"pending_id": uuid.UUID(int=1)}, "pending_id"),
