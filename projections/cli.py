@@ -7,6 +7,8 @@
 - ``verify [--schema SCHEMA]`` compares that schema with the live one at the live position, by checksum per table,
   and prints every difference (exit status 1 when there is one).
 - ``status`` shows the live projection's position and whether it is halted.
+- ``reset`` drops the live read models, only when they were built from another ledger (``LEDGER_MISMATCH``,
+  ``projections.ledger_identity``), so that the projector projects this ledger from position 0.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ import sys
 from datetime import datetime
 from typing import Any
 
+import psycopg
+from psycopg import sql
 from tqdm import tqdm
 
 from ledger.contracts import ContractError
 from projections.bootstrap import ensure_read_database, load_read_settings, open_ledger_log
+from projections.ledger_identity import LEDGER_MISMATCH, ledger_mismatch
 from projections.rebuild import METHODS, RebuildBusy, rebuild, verify
-from projections.schema import LIVE_SCHEMA, REBUILD_SCHEMA, check_schema_name
+from projections.schema import LIVE_SCHEMA, REBUILD_SCHEMA, check_schema_name, schema_exists
 from projections.store import ProjectionBug, ProjectionStore
 
 
@@ -44,6 +49,11 @@ def register_cli(subparsers: Any) -> None:
     check.set_defaults(func=_cli_verify)
     status = sub.add_parser("status", help="the live projection's position and state")
     status.set_defaults(func=_cli_status)
+    reset = sub.add_parser("reset", help="drop the live read models, when they were built from another ledger",
+                           description="Drops the live read models only if they are not of this ledger (the chain "
+                                       "hash at their position is not the ledger's there: LEDGER_MISMATCH). Stop "
+                                       "the projector first; started again, it projects this ledger from 0.")
+    reset.set_defaults(func=_cli_reset)
 
 
 def parse_as_of(text: str | None) -> tuple[int | None, datetime | None]:
@@ -161,4 +171,32 @@ def _cli_status(_args: argparse.Namespace) -> int:
     state = f"HALTED: {tracking.halted_reason}" if tracking.halted_reason else "running"
     print(f"projection {LIVE_SCHEMA}: position {tracking.position} of {head} (lag {head - tracking.position} "
           f"positions), {tracking.events_applied} events applied, {state}")
+    return 0
+
+
+def _cli_reset(_args: argparse.Namespace) -> int:
+    settings = load_read_settings()
+    ensure_read_database(settings.read_dsn)
+    log = open_ledger_log(settings.ledger_dsn)
+    try:
+        with psycopg.connect(settings.read_dsn, connect_timeout=5) as conn:
+            if not schema_exists(conn, LIVE_SCHEMA):
+                print(f"there are no live read models ({LIVE_SCHEMA}): nothing to reset")
+                return 0
+            store = ProjectionStore(settings.read_dsn, LIVE_SCHEMA)
+            try:
+                tracking = store.tracking()
+            finally:
+                store.close()
+            refusal = ledger_mismatch(log, tracking.position, tracking.chain_hash)
+            if refusal is None:
+                print(f"razao: error: the live read models are of this ledger (position {tracking.position}, chain "
+                      f"hash {tracking.chain_hash}); they are not reset. To check them: razao projections rebuild "
+                      "--into audit && razao projections verify --schema audit", file=sys.stderr)
+                return 2
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(LIVE_SCHEMA)))
+    finally:
+        log.close()
+    print(f"dropped the live read models: {refusal.removeprefix(f'{LEDGER_MISMATCH}: ')}")
+    print("start the projector (razao up): it projects this ledger from position 0")
     return 0

@@ -40,7 +40,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ledger.contracts import ContractError, IntegrationEvent
 from projections.bootstrap import NotificationLog, quiet_closed_transport_race, serve_status
-from projections.ledger_identity import is_ledger_mismatch, ledger_mismatch
+from projections.ledger_identity import REMEDY, is_ledger_mismatch, ledger_mismatch
 from projections.limits import (
     PROJECTOR_BATCH_EVENTS_MAX,
     PROJECTOR_POLL_MS_MAX,
@@ -141,8 +141,9 @@ class Projector:
     def check_ledger(self, ledger: NotificationLog) -> None:
         """Raises ``LedgerMismatch`` (recorded in the tracking row) unless the read models are of ``ledger``."""
         tracking = self.store.ensure()
-        refusal = ledger_mismatch(ledger, tracking.position, tracking.chain_hash)
-        if refusal is not None:
+        mismatch = ledger_mismatch(ledger, tracking.position, tracking.chain_hash)
+        if mismatch is not None:
+            refusal = f"{mismatch}. To fix: {REMEDY}"
             self.store.halt(refusal, tracking.position)
             self.store.close()
             log.critical("PROJECTOR REFUSED TO START: %s", refusal)

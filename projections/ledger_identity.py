@@ -21,9 +21,10 @@ from projections.bootstrap import NotificationLog
 #: The prefix of a tracking row's ``halted_reason`` when the read models are not of this ledger.
 LEDGER_MISMATCH: Final = "LEDGER_MISMATCH"
 
-#: What an operator does about it (docs/runbook.md, "Read models of another ledger").
-REMEDY: Final = ("stop the projector, drop the read models (DROP SCHEMA live CASCADE in the read database, or the "
-                 "whole read database) and start it again: it projects this ledger from position 0")
+#: What an operator does about it (docs/runbook.md).
+REMEDY: Final = ("check that the ledger's DSN is right; if the ledger really was replaced, stop the projector, run "
+                 "`razao projections reset` (it drops these read models) and start the projector again: it projects "
+                 "this ledger from position 0")
 
 
 def log_record(log: NotificationLog, position: int) -> tuple[Any, ...] | None:
@@ -59,7 +60,7 @@ def ledger_mismatch(log: NotificationLog, position: int, chain_hash: str) -> str
     else:
         what = f"the ledger's event there has chain hash {found}"
     return (f"{LEDGER_MISMATCH}: the read models reached log position {position} with chain hash {chain_hash}, but "
-            f"{what}: they were built from another ledger. To fix: {REMEDY}")
+            f"{what}: they were built from another ledger")
 
 
 def is_ledger_mismatch(halted_reason: str | None) -> bool:

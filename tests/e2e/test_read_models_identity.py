@@ -3,12 +3,13 @@
 Two ledgers, A and B, in two databases; the read models are projected from A. Pointed at B (a ledger created
 again in the same database, or a DSN naming the wrong server, look the same), the projector refuses to start,
 records why in the tracking row and exits with status 2; the query API answers ``QUERY_LEDGER_MISMATCH`` instead of
-serving A's rows. Put back on A, the projector starts and clears the refusal. Dropping the read models and starting
-the projector on B projects B from position 0, as the runbook says.
+serving A's rows. Put back on A, the projector starts and clears the refusal. `razao projections reset` drops the
+read models only when they are not of the ledger; after it, the projector on B projects B from position 0.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import uuid
@@ -159,11 +160,18 @@ def test_back_on_its_own_ledger_the_projector_clears_the_refusal(two_ledgers: di
         log_b.close()
 
 
-def test_after_dropping_the_read_models_the_projector_projects_the_other_ledger(two_ledgers: dict[str, Any],
-                                                                                 tmp_path: Path) -> None:
+def test_reset_drops_only_read_models_of_another_ledger_then_the_projector_projects_this_one(
+        two_ledgers: dict[str, Any], tmp_path: Path, razao: Any) -> None:
     read_dsn = two_ledgers["read"]
-    with psycopg.connect(read_dsn, autocommit=True) as conn:
-        conn.execute("DROP SCHEMA live CASCADE")
+    env_a = {**os.environ, "RAZAO_PG_DSN": two_ledgers["a"], "RAZAO_READ_PG_DSN": read_dsn}
+    env_b = {**env_a, "RAZAO_PG_DSN": two_ledgers["b"]}
+    kept = razao("projections", "reset", env=env_a, check=False)  # they are A's: nothing is dropped
+    assert kept.returncode == 2 and "are of this ledger" in kept.stderr and "Traceback" not in kept.stderr
+    assert tracking(read_dsn)[0] > 0
+    dropped = razao("projections", "reset", env=env_b)
+    assert "dropped the live read models" in dropped.stdout and "another ledger" in dropped.stdout
+    again = razao("projections", "reset", env=env_b)
+    assert "nothing to reset" in again.stdout
     side_b = ReadSide(two_ledgers["b"], read_dsn, two_ledgers["bootstrap"], tmp_path / "b",
                       extra_env=two_ledgers["extra"])
     try:
