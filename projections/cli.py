@@ -188,8 +188,8 @@ def _cli_reset(_args: argparse.Namespace) -> int:
                 tracking = store.tracking()
             finally:
                 store.close()
-            refusal = ledger_mismatch(log, tracking.position, tracking.chain_hash)
-            if refusal is None:
+            mismatch = ledger_mismatch(log, tracking.position, tracking.chain_hash)
+            if mismatch is None:
                 print(f"razao: error: the live read models are of this ledger (position {tracking.position}, chain "
                       f"hash {tracking.chain_hash}); they are not reset. To check them: razao projections rebuild "
                       "--into audit && razao projections verify --schema audit", file=sys.stderr)
@@ -197,6 +197,6 @@ def _cli_reset(_args: argparse.Namespace) -> int:
             conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(LIVE_SCHEMA)))
     finally:
         log.close()
-    print(f"dropped the live read models: {refusal.removeprefix(f'{LEDGER_MISMATCH}: ')}")
+    print(f"dropped the live read models: {mismatch.removeprefix(f'{LEDGER_MISMATCH}: ')}")
     print("start the projector (razao up): it projects this ledger from position 0")
     return 0
