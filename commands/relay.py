@@ -54,7 +54,14 @@ from infra.settings import Settings, ensure_database, load_settings
 from infra.status_server import serve_status
 from ledger.application import LedgerApplication
 from ledger.chart import REQUIRED_FLAGS, AccountCode
-from ledger.contracts import GENESIS_CHAIN_HASH, LEDGER_TOPIC, ContractError, IntegrationEvent, LogDecoder
+from ledger.contracts import (
+    GENESIS_CHAIN_HASH,
+    LEDGER_TOPIC,
+    ContractError,
+    IntegrationEvent,
+    LogDecoder,
+    stored_chain_hash,
+)
 from ledger.model import CreateTransfer, OpenAccount
 from ledger.reply import Reply
 
@@ -343,8 +350,7 @@ class Relay:
         except ContractError as exc:
             raise TopicOfAnotherLedger(f"topic {self.topic} holds records this relay did not publish ({exc})") from exc
         found = self.app.recorder.select_notifications(event.position, limit=1, stop=event.position)
-        ours = (json.loads(found[0].state).get("chain_hash")
-                if found and found[0].id == event.position else None)
+        ours = stored_chain_hash(found[0].state) if found and found[0].id == event.position else None
         if ours != event.chain_hash:
             here = (f"this ledger's event there has chain hash {ours}" if ours is not None
                     else f"this ledger has no event at position {event.position}")

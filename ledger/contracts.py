@@ -553,6 +553,13 @@ def _time(value: Any) -> datetime:
 _decode_state = json.JSONDecoder().decode
 
 
+def stored_chain_hash(stored_state: bytes) -> str | None:
+    """The chain hash a log record's stored state carries (None if it carries none): what the relay and the
+    projector compare to tell one ledger from another (ADR 0021)."""
+    chain_hash = _decode_state(stored_state.decode()).get("chain_hash")
+    return chain_hash if isinstance(chain_hash, str) else None
+
+
 def _party(aid: str, s: dict[str, Any]) -> PartyRegisteredV1:
     return PartyRegisteredV1(aid, s["kind"], _uuid(s["wallet_id"]))
 

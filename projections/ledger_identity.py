@@ -13,9 +13,9 @@ The projector checks this at start and refuses to run; the refusal is written to
 
 from __future__ import annotations
 
-import json
 from typing import Any, Final
 
+from ledger.contracts import stored_chain_hash
 from projections.bootstrap import NotificationLog
 
 #: The prefix of a tracking row's ``halted_reason`` when the read models are not of this ledger.
@@ -41,10 +41,7 @@ def log_record(log: NotificationLog, position: int) -> tuple[Any, ...] | None:
 def chain_hash_at(log: NotificationLog, position: int) -> str | None:
     """The chain hash of the ledger's event at ``position``, or None if the log has no record there."""
     record = log_record(log, position)
-    if record is None:
-        return None
-    chain_hash = json.loads(record[4]).get("chain_hash")
-    return chain_hash if isinstance(chain_hash, str) else None
+    return None if record is None else stored_chain_hash(bytes(record[4]))
 
 
 def ledger_mismatch(log: NotificationLog, position: int, chain_hash: str) -> str | None:
