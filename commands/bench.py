@@ -100,7 +100,7 @@ OTHER_CORES_CLEAN_MAX = 0.25
 
 #: Errors that mean "no answer" rather than "refused": they count separately and should never happen here.
 NO_ANSWER_CODES = frozenset({errors.LedgerUnavailable.code, errors.LedgerOverloaded.code})
-DRIVERS = ("threads", "inflight", "open", "batched")
+DRIVERS = ("threads", "inflight", "api", "open", "batched")
 #: Paired rounds after the sweeps (see ``_run_paired_rounds``).
 PAIRS_DEFAULT = 3
 PAIRS_MAX = 20
@@ -517,6 +517,46 @@ def drive_inflight(target: LedgerTarget, window: int, run_s: float, workload: Wo
     return records, start
 
 
+def drive_api(target: LedgerTarget, clients: int, run_s: float, workload: Workload, *, key_prefix: str,
+              seed: int) -> tuple[list[Record], int]:
+    """Closed loop of ``clients`` asyncio tasks on one uvloop event loop, each awaiting the command API's own
+    ``LedgerGateway.execute`` for one transfer before sending the next: how the API's money routes call the
+    writer (ADR 0004), without the HTTP parsing in front of it."""
+    import asyncio
+
+    import uvloop
+
+    from commands.api.gateway import LedgerGateway
+
+    gateway = LedgerGateway(target.writer)
+    per_client: list[list[Record]] = [[] for _ in range(clients)]
+    start = time.perf_counter_ns()
+    deadline = start + int(run_s * 1e9)
+
+    async def client(index: int) -> None:
+        rng, records, seq = random.Random(seed * 7_919 + index), per_client[index], 0
+        while True:
+            debit, credit = workload(rng)
+            prepared = target.prepare(f"{key_prefix}:{index}:{seq}", debit, credit,
+                                      rng.randint(1, TRANSFER_AMOUNT_CENTAVOS_MAX))
+            submitted = time.perf_counter_ns()
+            if submitted >= deadline:
+                return
+            code: str | None = None
+            try:
+                await gateway.execute(prepared)
+            except errors.LedgerError as exc:
+                code = exc.code
+            records.append((submitted, time.perf_counter_ns(), code))
+            seq += 1
+
+    async def all_clients() -> None:
+        await asyncio.gather(*(client(i) for i in range(clients)))
+
+    uvloop.run(all_clients())
+    return [r for records in per_client for r in records], start
+
+
 def drive_open(target: LedgerTarget, rate_per_s: float, run_s: float, workload: Workload, *, key_prefix: str,
                seed: int) -> tuple[list[Record], int]:
     """Open loop: transfers are sent on a fixed schedule whatever the answers; latency runs from the schedule.
@@ -873,6 +913,9 @@ def run_ledger_scenario(runtime: LedgerRuntime, dsn: str, setup: LedgerSetup, op
         elif driver == "inflight":
             records, start = drive_inflight(target, options.clients, run_s, workload, key_prefix=prefix,
                                             seed=options.seed)
+        elif driver == "api":
+            records, start = drive_api(target, options.clients, run_s, workload, key_prefix=prefix,
+                                       seed=options.seed)
         elif driver == "batched":
             records, start = drive_batches(target, options.batch_clients, options.batch_size, run_s, workload,
                                            key_prefix=prefix, seed=options.seed)
