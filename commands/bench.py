@@ -9,12 +9,16 @@ lost: the ledger's invariants, debits equal credits, and exactly one ``TransferC
 acknowledged transfer. ``docs/benchmarks.md`` explains each number. `razao bench api` (``commands.bench_api``)
 measures the same durable transfers through the command API over HTTP.
 
-Three ways of driving the ledger, because a Python client and the Python writer share one GIL:
+Four ways of driving the ledger one transfer per command, because a Python client and the Python writer share
+one GIL, and one with many transfers per command:
 
-* ``threads``: N client threads, each submitting one transfer and waiting for it (closed loop), as N API
-  worker threads would. The headline numbers and the targets use this driver.
+* ``api``: N asyncio tasks on one uvloop event loop, each awaiting the command API's own ``LedgerGateway`` for one
+  transfer before sending the next (closed loop): how the API's money routes call the writer (ADR 0004), without
+  the HTTP in front. The headline numbers and the targets use this driver (ADR 0022).
+* ``threads``: N client threads, each submitting one transfer and blocking on its reply (closed loop), as a
+  server with one thread per request would. It is measured and reported in every run, judged or not.
 * ``inflight``: one driver thread keeps N transfers in flight and is called back on completion (still a closed
-  loop of N, but without N threads competing with the writer for the GIL).
+  loop of N, with the least client overhead: the writer's own ceiling).
 * ``open``: one driver thread submits at a fixed rate whatever happens (open loop); latency is counted from
   each transfer's scheduled send time, so a stall shows up in the latency instead of lowering the offered load.
 * ``batched``: N client threads, each submitting a ``CreateTransfers`` command of K independent transfers (each
@@ -29,6 +33,7 @@ baseline and the row counts that check the writer against the store.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import json
 import math
@@ -52,11 +57,13 @@ from typing import Any, Protocol
 from uuid import UUID
 
 import psycopg
+import uvloop
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 import ledger
 from commands import bench_sql_baseline as sql_baseline
+from commands.api.gateway import LedgerGateway
 from commands.bootstrap import LedgerRuntime, build_ledger
 from infra.plugins import BENCH_GROUP, discover
 from infra.settings import database_name, drop_database, ensure_database, load_settings, with_database
@@ -100,7 +107,7 @@ OTHER_CORES_CLEAN_MAX = 0.25
 
 #: Errors that mean "no answer" rather than "refused": they count separately and should never happen here.
 NO_ANSWER_CODES = frozenset({errors.LedgerUnavailable.code, errors.LedgerOverloaded.code})
-DRIVERS = ("threads", "inflight", "api", "open", "batched")
+DRIVERS = ("api", "threads", "inflight", "open", "batched")
 #: Paired rounds after the sweeps (see ``_run_paired_rounds``).
 PAIRS_DEFAULT = 3
 PAIRS_MAX = 20
@@ -522,12 +529,6 @@ def drive_api(target: LedgerTarget, clients: int, run_s: float, workload: Worklo
     """Closed loop of ``clients`` asyncio tasks on one uvloop event loop, each awaiting the command API's own
     ``LedgerGateway.execute`` for one transfer before sending the next: how the API's money routes call the
     writer (ADR 0004), without the HTTP parsing in front of it."""
-    import asyncio
-
-    import uvloop
-
-    from commands.api.gateway import LedgerGateway
-
     gateway = LedgerGateway(target.writer)
     per_client: list[list[Record]] = [[] for _ in range(clients)]
     start = time.perf_counter_ns()
@@ -1101,14 +1102,22 @@ def _run_scenarios(dsn: str, options: LedgerBenchOptions, say: Callable[[str], N
 
 
 def judged_drivers(drivers: Sequence[str]) -> tuple[str, ...]:
-    """The drivers whose ratio to the baseline is a target: the headline, and ``batched`` when it runs."""
-    headline = "threads" if "threads" in drivers else drivers[0]
+    """The drivers whose ratio to the baseline is a target: the headline (``api``, the command API's own path into
+    the writer, when it runs; ADR 0022), and ``batched`` when it runs."""
+    headline = next((d for d in ("api", "threads") if d in drivers), drivers[0])
     return (headline,) if headline == "batched" or "batched" not in drivers else (headline, "batched")
+
+
+def paired_drivers(drivers: Sequence[str]) -> tuple[str, ...]:
+    """The drivers the paired rounds measure: the judged ones, and ``threads``, whose ratio is reported beside
+    them (it was the headline before ADR 0022) without being a target."""
+    judged = judged_drivers(drivers)
+    return (*judged, "threads") if "threads" in drivers and "threads" not in judged else judged
 
 
 def _run_paired_rounds(runtime: LedgerRuntime, dsn: str, setup: LedgerSetup, options: LedgerBenchOptions, *,
                        sweep: list[Measurement], say: Callable[[str], None], meter: CpuMeter) -> list[PairedRound]:
-    """Measures the judged ledger drivers on random pairs and the best baseline concurrency back to back,
+    """Measures the ``paired_drivers`` on random pairs and the best baseline concurrency back to back,
     ``options.pairs`` times, alternating which goes first.
 
     The sweeps run minutes apart, and the speed of a shared VM drifts over minutes (here by up to 2x for the same
@@ -1118,7 +1127,7 @@ def _run_paired_rounds(runtime: LedgerRuntime, dsn: str, setup: LedgerSetup, opt
     if not options.pairs or not baseline_random:
         return []
     clients = max(baseline_random, key=lambda m: m.transfers_per_s).clients
-    drivers = judged_drivers(options.drivers)
+    drivers = paired_drivers(options.drivers)
     rounds = []
     for index in range(1, options.pairs + 1):
         label, ledger_first = f":round{index}", index % 2 == 1

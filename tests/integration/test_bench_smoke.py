@@ -63,8 +63,8 @@ def test_report_has_every_field(report: dict[str, Any]) -> None:
         assert report["ratios"][driver]["ledger_hot_over_baseline_hot"] > 0
     # The open loop runs at 300/s here, below the 5,000/s target, so only the closed-loop targets are judged.
     assert [(t["name"], t["driver"]) for t in report["targets"]] == [
-        ("ledger random transfers/s", "threads"), ("ledger random / baseline", "threads"),
-        ("hot / random", "threads"), ("ledger random p99 ms", "threads"), ("ledger hot p99 ms", "threads"),
+        ("ledger random transfers/s", "api"), ("ledger random / baseline", "api"),
+        ("hot / random", "api"), ("ledger random p99 ms", "api"), ("ledger hot p99 ms", "api"),
         ("ledger random transfers/s", "batched"), ("ledger random / baseline", "batched"),
         ("hot / random", "batched"), ("ledger random p99 ms", "batched"), ("ledger hot p99 ms", "batched"),
     ]
@@ -82,11 +82,13 @@ def test_paired_rounds_measure_both_ledgers_back_to_back(report: dict[str, Any])
     # The order alternates, so a machine that slows down (or speeds up) steadily favours neither side.
     assert [(r["round"], r["order"]) for r in rounds] == [(1, "ledger first"), (2, "baseline first")]
     for r in rounds:
-        assert [(m["driver"], m["workload"]) for m in r["ledger"]] == [("threads", "random"), ("batched", "random")]
+        # The judged drivers (ADR 0022), then ``threads``, reported beside them.
+        assert [(m["driver"], m["workload"]) for m in r["ledger"]] == [
+            ("api", "random"), ("batched", "random"), ("threads", "random")]
         assert (r["baseline"]["workload"], r["baseline"]["clients"]) == ("random", report["baseline_best_clients"])
         for m in r["ledger"]:
             assert r["ratios"][m["driver"]] == round(m["transfers_per_s"] / r["baseline"]["transfers_per_s"], 3)
-    for driver in ("threads", "batched"):
+    for driver in ("api", "batched", "threads"):
         assert report["ratios"][driver]["paired_ledger_random_over_baseline"] == [r["ratios"][driver] for r in rounds]
     assert "paired_median" not in report["ratios"]["inflight"]
 
