@@ -88,6 +88,9 @@ WALLETS_MAX = 1_000_000
 OPEN_RATE_PER_S_MAX = 200_000
 #: Each baseline client holds a connection of its own; the Postgres here allows 100 in all.
 BASELINE_CLIENTS_MAX = 80
+#: The api driver's concurrencies: 64 requests fill one group commit; with 128, one half's commit overlaps the
+#: other half's deciding (ADR 0022).
+API_CLIENTS_DEFAULT = (64, 128)
 #: Setup commands are submitted in slices of this size, well below the writer's queue depth.
 SETUP_SLICE_COMMANDS_MAX = 5_000
 #: Each wallet starts with R$ 100,000.00 and a transfer moves R$ 0.01 to R$ 100.00, so refusals for funds are
@@ -162,6 +165,10 @@ def _register_ledger(subsystems: argparse._SubParsersAction[argparse.ArgumentPar
     p.add_argument("--wait-ms", type=float, default=GROUP_COMMIT_WAIT_MS_MAX,
                    help=f"writer: how long a batch waits to fill (default {GROUP_COMMIT_WAIT_MS_MAX})")
     p.add_argument("--pool-size", type=int, default=4, help="writer: event store connection pool (default 4)")
+    p.add_argument("--api-clients", default="64,128",
+                   help="concurrencies of the api driver to try on random pairs; the best is its result, and its "
+                        "hot-account run and paired rounds use that concurrency, as the baseline's do (default "
+                        "64,128)")
     p.add_argument("--baseline-clients", default="8,16,32,64",
                    help="plain-SQL concurrencies to try; the best is the baseline (default 8,16,32,64)")
     p.add_argument("--pairs", type=int, default=PAIRS_DEFAULT,
@@ -217,6 +224,7 @@ class LedgerBenchOptions:
     batch_clients: int = 4
     batch_size: int = 50
     pairs: int = PAIRS_DEFAULT
+    api_clients: tuple[int, ...] = API_CLIENTS_DEFAULT
 
     def __post_init__(self) -> None:
         _require(0 < self.seconds <= SECONDS_MAX, "seconds out of range")
@@ -236,6 +244,9 @@ class LedgerBenchOptions:
                  f"batch size must be 1..{TRANSFERS_PER_COMMAND_MAX}")
         _require(self.gc_mode in GC_MODES, f"gc mode must be one of {GC_MODES}")
         _require(0 <= self.pairs <= PAIRS_MAX, f"pairs must be 0..{PAIRS_MAX}")
+        _require(bool(self.api_clients) and all(0 < k <= CLIENTS_MAX for k in self.api_clients)
+                 and len(set(self.api_clients)) == len(self.api_clients),
+                 f"api clients must be distinct, each 1..{CLIENTS_MAX}")
         _require(all(0 < k <= BASELINE_CLIENTS_MAX for k in self.baseline_clients),
                  f"baseline clients must be 1..{BASELINE_CLIENTS_MAX}")
 
@@ -244,12 +255,12 @@ class LedgerBenchOptions:
         defaults = {"warmup_seconds": 1.0, "wallets": 10_000, "drivers": DRIVERS, "open_rate_per_s": 5_000.0,
                     "commands_max": GROUP_COMMIT_COMMANDS_MAX, "wait_ms": GROUP_COMMIT_WAIT_MS_MAX, "pool_size": 4,
                     "baseline_clients": (8, 16, 32, 64), "rebuild_check": True, "seed": 1, "gc_mode": "default",
-                    "batch_clients": 4, "batch_size": 50, "pairs": PAIRS_DEFAULT}
+                    "batch_clients": 4, "batch_size": 50, "pairs": PAIRS_DEFAULT, "api_clients": API_CLIENTS_DEFAULT}
         flags = {"warmup_seconds": "--warmup-seconds", "wallets": "--wallets", "drivers": "--drivers",
                  "open_rate_per_s": "--open-rate", "commands_max": "--commands-max", "wait_ms": "--wait-ms",
                  "pool_size": "--pool-size", "baseline_clients": "--baseline-clients", "seed": "--seed",
                  "gc_mode": "--gc", "batch_clients": "--batch-clients", "batch_size": "--batch-size",
-                 "pairs": "--pairs"}
+                 "pairs": "--pairs", "api_clients": "--api-clients"}
         for name, flag in flags.items():
             value = getattr(self, name)
             if value != defaults[name]:
@@ -272,6 +283,7 @@ def options_from(args: argparse.Namespace) -> LedgerBenchOptions:
         baseline_clients=() if args.no_baseline else tuple(int(k) for k in args.baseline_clients.split(",") if k),
         rebuild_check=not args.no_rebuild_check, seed=args.seed, gc_mode=args.gc,
         batch_clients=args.batch_clients, batch_size=args.batch_size, pairs=args.pairs,
+        api_clients=tuple(int(k) for k in args.api_clients.split(",") if k),
     )
 
 
@@ -894,12 +906,15 @@ def ledger_checks(runtime: LedgerRuntime, dsn: str, counts_before: tuple[int, in
 
 
 def run_ledger_scenario(runtime: LedgerRuntime, dsn: str, setup: LedgerSetup, options: LedgerBenchOptions, *,
-                        driver: str, workload_name: str, meter: CpuMeter, round_label: str = "") -> Measurement:
-    """One ledger scenario; ``round_label`` tells a paired round's keys from the sweep's (same keys would replay)."""
+                        driver: str, workload_name: str, meter: CpuMeter, round_label: str = "",
+                        clients: int | None = None) -> Measurement:
+    """One ledger scenario; ``round_label`` tells a paired round's keys from the sweep's (same keys would replay).
+    ``clients`` is the concurrency of a closed loop of single transfers (default ``options.clients``)."""
+    clients = options.clients if clients is None else clients
     wallets = options.wallets
     workload = random_pairs(wallets) if workload_name == "random" else hot_credit(wallets, wallets)
     run_s = options.warmup_seconds + options.seconds
-    prefix = f"bench:{driver}:{workload_name}{round_label}"
+    prefix = f"bench:{driver}:{workload_name}:{clients}{round_label}"
     target = LedgerTarget(runtime, setup.wallet_ids)
     position_before = runtime.writer.state.position  # the writer is idle between scenarios
     counts_before = store_counts(runtime, dsn, position_before)
@@ -909,13 +924,13 @@ def run_ledger_scenario(runtime: LedgerRuntime, dsn: str, setup: LedgerSetup, op
     cpu_before = meter.snapshot()
     with GcPauses() as pauses:
         if driver == "threads":
-            records, start = drive_threads(lambda _: target, options.clients, run_s, workload, key_prefix=prefix,
+            records, start = drive_threads(lambda _: target, clients, run_s, workload, key_prefix=prefix,
                                            seed=options.seed)
         elif driver == "inflight":
-            records, start = drive_inflight(target, options.clients, run_s, workload, key_prefix=prefix,
+            records, start = drive_inflight(target, clients, run_s, workload, key_prefix=prefix,
                                             seed=options.seed)
         elif driver == "api":
-            records, start = drive_api(target, options.clients, run_s, workload, key_prefix=prefix,
+            records, start = drive_api(target, clients, run_s, workload, key_prefix=prefix,
                                        seed=options.seed)
         elif driver == "batched":
             records, start = drive_batches(target, options.batch_clients, options.batch_size, run_s, workload,
@@ -924,7 +939,7 @@ def run_ledger_scenario(runtime: LedgerRuntime, dsn: str, setup: LedgerSetup, op
             assert offered is not None
             records, start = drive_open(target, offered, run_s, workload, key_prefix=prefix, seed=options.seed)
     cores = meter.cores(cpu_before)
-    clients = {"open": 1, "batched": options.batch_clients}.get(driver, options.clients)
+    clients = {"open": 1, "batched": options.batch_clients}.get(driver, clients)
     m = summarize(records, start, options.warmup_seconds, options.seconds, name=f"ledger {workload_name}",
                   system="ledger", workload=workload_name, driver=driver, clients=clients)
     m.offered_per_s = offered
@@ -1085,12 +1100,20 @@ def _run_scenarios(dsn: str, options: LedgerBenchOptions, say: Callable[[str], N
             gc.collect()
             gc.disable()
         for driver in options.drivers:
-            for workload in ("random", "hot"):
-                say(f"ledger {workload} ({driver}) for {options.warmup_seconds:g}+{options.seconds:g} s ...")
+            concurrencies = options.api_clients if driver == "api" else (options.clients,)
+            for clients in concurrencies:
+                say(f"ledger random ({driver}, {clients} clients) for {options.warmup_seconds:g}+"
+                    f"{options.seconds:g} s ...")
                 scenarios.append(run_ledger_scenario(runtime, dsn, setup, options, driver=driver,
-                                                     workload_name=workload, meter=meter))
+                                                     workload_name="random", meter=meter, clients=clients))
+            # The hot account at the concurrency that did best on random pairs, as the baseline's hot run.
+            clients = best_of(scenarios, driver, "random").clients
+            say(f"ledger hot ({driver}, {clients} clients) for {options.warmup_seconds:g}+{options.seconds:g} s ...")
+            scenarios.append(run_ledger_scenario(runtime, dsn, setup, options, driver=driver, workload_name="hot",
+                                                 meter=meter, clients=clients))
         sweep = _run_baseline_side(dsn, options, say, meter)
-        rounds = _run_paired_rounds(runtime, dsn, setup, options, sweep=sweep, say=say, meter=meter)
+        rounds = _run_paired_rounds(runtime, dsn, setup, options, sweep=sweep, ledger_sweep=scenarios, say=say,
+                                    meter=meter)
         rebuild = None
         if options.rebuild_check:
             say("rebuilding the ledger from its event log ...")
@@ -1099,6 +1122,12 @@ def _run_scenarios(dsn: str, options: LedgerBenchOptions, say: Callable[[str], N
         gc.enable()
         runtime.close()
     return BenchRuns(setup_facts, scenarios, sweep, rounds, rebuild)
+
+
+def best_of(measurements: Sequence[Measurement], driver: str, workload: str) -> Measurement:
+    """The driver's measurement of ``workload`` with the most transfers/s (one per concurrency it ran at)."""
+    return max((m for m in measurements if m.driver == driver and m.workload == workload),
+               key=lambda m: m.transfers_per_s)
 
 
 def judged_drivers(drivers: Sequence[str]) -> tuple[str, ...]:
@@ -1116,7 +1145,8 @@ def paired_drivers(drivers: Sequence[str]) -> tuple[str, ...]:
 
 
 def _run_paired_rounds(runtime: LedgerRuntime, dsn: str, setup: LedgerSetup, options: LedgerBenchOptions, *,
-                       sweep: list[Measurement], say: Callable[[str], None], meter: CpuMeter) -> list[PairedRound]:
+                       sweep: list[Measurement], ledger_sweep: list[Measurement], say: Callable[[str], None],
+                       meter: CpuMeter) -> list[PairedRound]:
     """Measures the ``paired_drivers`` on random pairs and the best baseline concurrency back to back,
     ``options.pairs`` times, alternating which goes first.
 
@@ -1137,7 +1167,9 @@ def _run_paired_rounds(runtime: LedgerRuntime, dsn: str, setup: LedgerSetup, opt
         for side in ("ledger", "baseline") if ledger_first else ("baseline", "ledger"):
             if side == "ledger":
                 measured = [run_ledger_scenario(runtime, dsn, setup, options, driver=driver, workload_name="random",
-                                                meter=meter, round_label=label) for driver in drivers]
+                                                meter=meter, round_label=label,
+                                                clients=best_of(ledger_sweep, driver, "random").clients)
+                             for driver in drivers]
             else:
                 base = run_baseline_scenario(dsn, options, clients, "random", meter=meter, round_label=label)
         assert base is not None
@@ -1169,7 +1201,8 @@ def build_report(options: LedgerBenchOptions, started: datetime, machine: dict[s
     setup, ledger, baseline, rebuild = runs.setup, runs.ledger, runs.baseline, runs.rebuild
 
     def find(driver: str, workload: str) -> Measurement | None:
-        return next((m for m in ledger if m.driver == driver and m.workload == workload), None)
+        measured = any(m.driver == driver and m.workload == workload for m in ledger)
+        return best_of(ledger, driver, workload) if measured else None
 
     headline = judged_drivers(options.drivers)[0]
     random_m, hot_m = find(headline, "random"), find(headline, "hot")
@@ -1224,6 +1257,7 @@ def build_report(options: LedgerBenchOptions, started: datetime, machine: dict[s
         "scenarios": [asdict(m) for m in ledger],
         "baseline": [asdict(m) for m in baseline],
         "baseline_best_clients": best.clients if best else None,
+        "api_best_clients": random_m.clients if random_m and headline == "api" else None,
         "paired_rounds": [{"round": r.index, "order": r.order, "ledger": [asdict(m) for m in r.ledger],
                            "baseline": asdict(r.baseline),
                            "ratios": {m.driver: r.ratio(m.driver) for m in r.ledger}} for r in runs.rounds],
@@ -1296,6 +1330,9 @@ def render_report(report: dict[str, Any]) -> str:
         )
     if best:
         lines.append(f"(* the baseline: the best plain-SQL concurrency, {best} connections)")
+    if report.get("api_best_clients"):
+        lines.append(f"(the api driver's result: its best concurrency on random pairs, {report['api_best_clients']} "
+                     "clients, which its hot run and paired rounds use)")
     lines.append("cores: CPU cores used by this process / by the ledger writer thread alone / by local Postgres / by "
                  "anything else on the machine (should be ~0)")
     lines.append(f"speed probe: ms this machine took for {SPEED_PROBE_ITERATIONS:,} Python additions just before the "

@@ -29,7 +29,7 @@ def report(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> dict
     code = bench.main([
         "ledger", "--seconds", "1", "--warmup-seconds", "0.2", "--wallets", "500", "--clients", "16",
         "--open-rate", "300", "--batch-clients", "2", "--batch-size", "10", "--baseline-clients", "2,4",
-        "--pairs", "2", "--dsn", settings.pg_dsn, "--json", str(path),
+        "--pairs", "2", "--api-clients", "8,16", "--dsn", settings.pg_dsn, "--json", str(path),
     ])
     assert code == 0, "the bench failed its consistency checks (exit code 3) or could not run"
     loaded: dict[str, Any] = json.loads(Path(path).read_text())
@@ -47,8 +47,12 @@ def test_report_has_every_field(report: dict[str, Any]) -> None:
     writer = report["options"]["writer"]
     assert {"commands_max", "wait_ms", "pool_size", "checkpoint_interval_events"} <= writer.keys()
     scenarios = report["scenarios"]
-    assert [(m["driver"], m["workload"]) for m in scenarios] == [
-        (d, w) for d in bench.DRIVERS for w in ("random", "hot")
+    # The api driver runs random pairs at each of its concurrencies, then the hot account at the best of them.
+    assert [(m["driver"], m["workload"], m["clients"]) for m in scenarios][:3] == [
+        ("api", "random", 8), ("api", "random", 16), ("api", "hot", report["api_best_clients"])]
+    assert report["api_best_clients"] == max((m for m in scenarios[:2]), key=lambda m: m["transfers_per_s"])["clients"]
+    assert [(m["driver"], m["workload"]) for m in scenarios][3:] == [
+        (d, w) for d in bench.DRIVERS[1:] for w in ("random", "hot")
     ]
     assert [(m["clients"], m["workload"]) for m in report["baseline"]] == [(2, "random"), (4, "random"),
                                                                            (report["baseline_best_clients"], "hot")]
@@ -86,6 +90,7 @@ def test_paired_rounds_measure_both_ledgers_back_to_back(report: dict[str, Any])
         assert [(m["driver"], m["workload"]) for m in r["ledger"]] == [
             ("api", "random"), ("batched", "random"), ("threads", "random")]
         assert (r["baseline"]["workload"], r["baseline"]["clients"]) == ("random", report["baseline_best_clients"])
+        assert r["ledger"][0]["clients"] == report["api_best_clients"]
         for m in r["ledger"]:
             assert r["ratios"][m["driver"]] == round(m["transfers_per_s"] / r["baseline"]["transfers_per_s"], 3)
     for driver in ("api", "batched", "threads"):
