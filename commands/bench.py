@@ -1102,13 +1102,14 @@ def _run_scenarios(dsn: str, options: LedgerBenchOptions, say: Callable[[str], N
         for driver in options.drivers:
             concurrencies = options.api_clients if driver == "api" else (options.clients,)
             for clients in concurrencies:
-                say(f"ledger random ({driver}, {clients} clients) for {options.warmup_seconds:g}+"
+                say(f"ledger random ({_driver_label(driver, clients)}) for {options.warmup_seconds:g}+"
                     f"{options.seconds:g} s ...")
                 scenarios.append(run_ledger_scenario(runtime, dsn, setup, options, driver=driver,
                                                      workload_name="random", meter=meter, clients=clients))
             # The hot account at the concurrency that did best on random pairs, as the baseline's hot run.
             clients = best_of(scenarios, driver, "random").clients
-            say(f"ledger hot ({driver}, {clients} clients) for {options.warmup_seconds:g}+{options.seconds:g} s ...")
+            say(f"ledger hot ({_driver_label(driver, clients)}) for {options.warmup_seconds:g}+{options.seconds:g} "
+                "s ...")
             scenarios.append(run_ledger_scenario(runtime, dsn, setup, options, driver=driver, workload_name="hot",
                                                  meter=meter, clients=clients))
         sweep = _run_baseline_side(dsn, options, say, meter)
@@ -1122,6 +1123,10 @@ def _run_scenarios(dsn: str, options: LedgerBenchOptions, say: Callable[[str], N
         gc.enable()
         runtime.close()
     return BenchRuns(setup_facts, scenarios, sweep, rounds, rebuild)
+
+
+def _driver_label(driver: str, clients: int) -> str:
+    return f"{driver}, {clients} clients" if driver in ("api", "threads", "inflight") else driver
 
 
 def best_of(measurements: Sequence[Measurement], driver: str, workload: str) -> Measurement:

@@ -27,7 +27,7 @@ from projections.bootstrap import ensure_read_database, load_read_settings, open
 from projections.ledger_identity import LEDGER_MISMATCH, ledger_mismatch
 from projections.rebuild import METHODS, RebuildBusy, rebuild, verify
 from projections.schema import LIVE_SCHEMA, REBUILD_SCHEMA, check_schema_name, schema_exists
-from projections.store import ProjectionBug, ProjectionStore
+from projections.store import ProjectionBug, ProjectionStore, projector_session
 
 
 def register_cli(subparsers: Any) -> None:
@@ -160,7 +160,7 @@ def _cli_verify(args: argparse.Namespace) -> int:
 def _cli_status(_args: argparse.Namespace) -> int:
     settings = load_read_settings()
     ensure_read_database(settings.read_dsn)
-    store = ProjectionStore(settings.read_dsn, LIVE_SCHEMA)
+    store = ProjectionStore(settings.read_dsn, LIVE_SCHEMA, session="razao-cli")
     log = open_ledger_log(settings.ledger_dsn)
     try:
         tracking = store.ensure()
@@ -174,6 +174,20 @@ def _cli_status(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _projector_sessions(conn: psycopg.Connection[Any]) -> list[str]:
+    """The read database's sessions of projectors of the live read models (``pid@client``), other than this one.
+
+    A projector dropped under would fail its next batch and, restarted by its supervisor, project from position
+    0 while an operator may still be deciding; it must be stopped first. Its store connects under a name of its
+    own (``projector_session``), which is what is looked for here."""
+    rows = conn.execute(
+        "SELECT pid, coalesce(host(client_addr), 'local') FROM pg_stat_activity "
+        "WHERE datname = current_database() AND application_name = %s AND pid <> pg_backend_pid()",
+        (projector_session(LIVE_SCHEMA),),
+    ).fetchall()
+    return [f"{pid}@{client}" for pid, client in rows]
+
+
 def _cli_reset(_args: argparse.Namespace) -> int:
     settings = load_read_settings()
     ensure_read_database(settings.read_dsn)
@@ -183,7 +197,7 @@ def _cli_reset(_args: argparse.Namespace) -> int:
             if not schema_exists(conn, LIVE_SCHEMA):
                 print(f"there are no live read models ({LIVE_SCHEMA}): nothing to reset")
                 return 0
-            store = ProjectionStore(settings.read_dsn, LIVE_SCHEMA)
+            store = ProjectionStore(settings.read_dsn, LIVE_SCHEMA, session="razao-cli")
             try:
                 tracking = store.tracking()
             finally:
@@ -193,6 +207,12 @@ def _cli_reset(_args: argparse.Namespace) -> int:
                 print(f"razao: error: the live read models are of this ledger (position {tracking.position}, chain "
                       f"hash {tracking.chain_hash}); they are not reset. To check them: razao projections rebuild "
                       "--into audit && razao projections verify --schema audit", file=sys.stderr)
+                return 2
+            running = _projector_sessions(conn)
+            if running:
+                print(f"razao: error: a projector is still connected to the live read models (database sessions "
+                      f"{', '.join(running)}); they are not reset. Stop it first (razao down), then run reset again",
+                      file=sys.stderr)
                 return 2
             conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(LIVE_SCHEMA)))
     finally:

@@ -226,11 +226,22 @@ class BatchRejected(Exception):
 _DATA_ERRORS = (psycopg.errors.IntegrityError, psycopg.errors.DataError, psycopg.errors.ProgrammingError)
 
 
+def projector_session(schema: str) -> str:
+    """The ``application_name`` of a projector's session on ``schema``: how ``razao projections reset`` tells
+    that a projector is still connected to the read models it would drop."""
+    return f"razao-projector-{schema}"
+
+
 class ProjectionStore:
     """The live projection's rows and tracking row in one schema of the read database."""
 
-    def __init__(self, dsn: str, schema: str = LIVE_SCHEMA, projection: str = PROJECTION) -> None:
+    def __init__(self, dsn: str, schema: str = LIVE_SCHEMA, projection: str = PROJECTION, *,
+                 session: str | None = None) -> None:
+        """``session`` names the database session (``application_name``); the default says it is a projector's,
+        which ``razao projections reset`` looks for. Short-lived users (a CLI, the query API starting) give their
+        own."""
         self.dsn = dsn
+        self.session = projector_session(schema) if session is None else session
         self.schema = schema
         self.projection = projection
         self._conn: Conn | None = None
@@ -240,7 +251,7 @@ class ProjectionStore:
     @property
     def conn(self) -> Conn:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self.dsn, connect_timeout=5, application_name=f"razao-projector-{self.schema}")
+            self._conn = psycopg.connect(self.dsn, connect_timeout=5, application_name=self.session)
             # Read models are derived data: a commit lost in a crash of the read database takes its tracking row
             # with it (same transaction), so those events are simply applied again from Kafka or a rebuild. No
             # need to wait for the disk on every batch, which is most of a batch's latency.

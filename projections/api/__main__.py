@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_read_settings()
     ensure_read_database(settings.read_dsn)
-    store = ProjectionStore(settings.read_dsn, args.schema)
+    store = ProjectionStore(settings.read_dsn, args.schema, session="razao-query-api")
     try:
         store.ensure()  # the tables exist before the first read, whichever of projector and API starts first
     finally:

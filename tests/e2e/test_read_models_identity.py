@@ -87,6 +87,13 @@ def tracking(read_dsn: str) -> tuple[int, str, str | None]:
     return int(row[0]), str(row[1]), row[2]
 
 
+def projector_sessions(read_dsn: str) -> int:
+    with psycopg.connect(read_dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                           "AND application_name = 'razao-projector-live'").fetchone()
+    return int(row[0]) if row else 0
+
+
 def test_the_check_compares_the_chain_hash_at_the_tracked_position(two_ledgers: dict[str, Any]) -> None:
     position, chain_hash, halted = tracking(two_ledgers["read"])
     assert position > 0 and halted is None
@@ -168,6 +175,19 @@ def test_reset_drops_only_read_models_of_another_ledger_then_the_projector_proje
     kept = razao("projections", "reset", env=env_a, check=False)  # they are A's: nothing is dropped
     assert kept.returncode == 2 and "are of this ledger" in kept.stderr and "Traceback" not in kept.stderr
     assert tracking(read_dsn)[0] > 0
+    # A projector still connected to them (here one of ledger A, started before the operator noticed): reset
+    # refuses to drop the schema under it.
+    side_a = ReadSide(two_ledgers["a"], read_dsn, two_ledgers["bootstrap"], tmp_path / "a",
+                      extra_env=two_ledgers["extra"])
+    try:
+        side_a.start_projector(healthy=False)
+        wait_until(lambda: projector_sessions(read_dsn) > 0, 30, "the projector's session on the read database")
+        busy = razao("projections", "reset", env=env_b, check=False)
+        assert busy.returncode == 2 and "a projector is still connected" in busy.stderr, busy.stderr
+        assert "Traceback" not in busy.stderr and tracking(read_dsn)[0] > 0
+    finally:
+        side_a.stop_all()
+    wait_until(lambda: projector_sessions(read_dsn) == 0, 30, "the projector's session to end")
     dropped = razao("projections", "reset", env=env_b)
     assert "dropped the live read models" in dropped.stdout and "another ledger" in dropped.stdout
     again = razao("projections", "reset", env=env_b)
