@@ -13,6 +13,8 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+import psycopg
+
 from infra import platform, stack
 from infra.embedded import EmbeddedError
 from infra.plugins import CLI_GROUP, discover
@@ -20,7 +22,7 @@ from infra.processes import ProcessError
 
 BUILTIN_COMMANDS = frozenset({"stack", "up", "down", "status"})
 # Failures of the environment, not of razao's code: reported in one line, without a traceback.
-OPERATING_ERRORS = (stack.StackError, platform.PlatformError, EmbeddedError, ProcessError)
+OPERATING_ERRORS = (stack.StackError, platform.PlatformError, EmbeddedError, ProcessError, psycopg.OperationalError)
 
 Handler = Callable[[argparse.Namespace], "int | None"]
 

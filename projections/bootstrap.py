@@ -15,6 +15,7 @@ from typing import Any, NamedTuple, Protocol
 
 import psycopg
 from eventsourcing.persistence import InfrastructureFactory
+from eventsourcing.persistence import OperationalError as PersistenceOperationalError
 from eventsourcing.utils import Environment
 from psycopg import sql
 
@@ -154,14 +155,23 @@ class LedgerLog:
     """
 
     def __init__(self, ledger_dsn: str) -> None:
+        """Raises ``psycopg.OperationalError`` when the ledger's database does not answer."""
+        # Connected first: a database that does not answer fails here at once, as psycopg's error, rather than
+        # after the event store's pool has waited for it.
+        self._conn = psycopg.connect(ledger_dsn, autocommit=True, connect_timeout=5,
+                                     application_name="razao-ledger-log-reader")
         env = {**postgres_env(ledger_dsn, pool_size=1), "CREATE_TABLE": "n"}
-        factory = InfrastructureFactory.construct(Environment(LEDGER_APPLICATION_NAME, env))
         try:
-            recorder = factory.application_recorder()
-            table = sql.SQL("{}.{}").format(sql.Identifier(recorder.datastore.schema or "public"),
-                                            sql.Identifier(recorder.events_table_name))
-        finally:
-            factory.close()
+            factory = InfrastructureFactory.construct(Environment(LEDGER_APPLICATION_NAME, env))
+            try:
+                recorder = factory.application_recorder()
+                table = sql.SQL("{}.{}").format(sql.Identifier(recorder.datastore.schema or "public"),
+                                                sql.Identifier(recorder.events_table_name))
+            finally:
+                factory.close()
+        except PersistenceOperationalError as exc:  # it went away in between
+            self._conn.close()
+            raise psycopg.OperationalError(str(exc)) from exc
         # One lower bound only: with an upper bound too, the planner estimates the range as most of the table and
         # stops walking the notification-id index in order (measured ten times slower). ``stop`` is applied here.
         self._select = sql.SQL(
@@ -176,8 +186,6 @@ class LedgerLog:
             for source, (name, pg_type) in zip(("notification_id", "originator_id", "originator_version", "topic",
                                                  "state"), RAW_LOG_COLUMNS, strict=True))
         self._table = table
-        self._conn = psycopg.connect(ledger_dsn, autocommit=True, connect_timeout=5,
-                                     application_name="razao-ledger-log-reader")
         # A ledger that never wrote has no table yet: its log is empty.
         found = self._conn.execute("SELECT to_regclass(%s)", (table.as_string(self._conn),)).fetchone()
         self._empty = not found or found[0] is None

@@ -138,3 +138,13 @@ def test_a_rebuild_reads_the_log_from_a_read_only_ledger_database(razao, ledger_
     finally:
         with psycopg.connect(maintenance, autocommit=True) as conn:
             conn.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+
+
+@pytest.mark.parametrize("command", ["status", "reset"])
+def test_a_database_that_does_not_answer_is_one_line_not_a_traceback(razao, command: str) -> None:
+    env = {**os.environ, "RAZAO_PG_DSN": "postgresql://postgres@127.0.0.1:1/razao",
+           "RAZAO_READ_PG_DSN": "postgresql://postgres@127.0.0.1:1/razao_read"}
+    result = razao("projections", command, env=env, check=False)
+    assert result.returncode == 1
+    assert result.stderr.startswith("razao: error: connection failed") and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 2, result.stderr  # libpq's message and its hint
