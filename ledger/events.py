@@ -15,9 +15,9 @@ rogue second writer, that a transfer key is committed once and a pending transfe
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar, Self
+from typing import ClassVar
 from uuid import UUID
 
 from eventsourcing.domain import DomainEvent
@@ -37,35 +37,6 @@ class LedgerEvent(DomainEvent):
 
     chain_hash: str
     chain_fields_added: ClassVar[frozenset[str]] = frozenset()
-
-    @classmethod
-    def of(cls, values: dict[str, Any]) -> Self:
-        """``cls(**values)`` for the writer's hot path: the same event, built at about a quarter of the cost.
-
-        A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``: 5 µs for the 19 fields of
-        a ``TransferCommitted``, an eighth of the writer's CPU per transfer. Here the fields go into the instance's
-        dictionary in one update, in the dataclass's field order (so the stored JSON, built from that dictionary,
-        is byte for byte the same). The checks ``__init__`` makes are kept: every field given, no other, and
-        ``DomainEvent``'s ``originator_id`` a ``UUID``.
-        """
-        names = _FIELD_NAMES.get(cls)
-        if names is None:
-            names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls))
-        if len(values) != len(names) or type(values.get("originator_id")) is not UUID:
-            cls(**values)  # raises the TypeError the dataclass gives for missing, unexpected or ill-typed fields
-            raise AssertionError(f"{cls.__name__}.of and its __init__ disagree on {sorted(values)}")
-        try:
-            ordered = {name: values[name] for name in names}
-        except KeyError:
-            cls(**values)
-            raise
-        event = object.__new__(cls)
-        event.__dict__.update(ordered)
-        return event
-
-
-#: ``LedgerEvent.of``'s field names per event class, in the dataclass's order.
-_FIELD_NAMES: dict[type[LedgerEvent], tuple[str, ...]] = {}
 
 
 @dataclass(frozen=True)

@@ -664,9 +664,10 @@ class Decider:
             "debit_after": [debit.debits_pending - amount, *debit.balances()[1:]],
             "credit_after": [*credit.balances()[:2], credit.credits_pending - amount, credit.credits_posted],
         }
-        chain_hash = self._chain("PendingTransferExpired", pending.id, version, body)
-        body["originator_id"], body["originator_version"], body["chain_hash"] = pending.id, version, chain_hash
-        return PendingTransferExpired.of(body)
+        return PendingTransferExpired(
+            originator_id=pending.id, originator_version=version,
+            chain_hash=self._chain("PendingTransferExpired", pending.id, version, body), **body,
+        )
 
     def replay_of(self, cmd: CreateTransfer) -> TransferResult | None:
         """The original result when the key was already committed with the same payload; else ``None``.
@@ -774,8 +775,9 @@ class Decider:
                 "amount_centavos": amount}
         # Chained after the committed event, which is applied first.
         resolved_chain = chain_next(committed.chain_hash, "PendingTransferResolved", pending.id, version, body)
-        body["originator_id"], body["originator_version"], body["chain_hash"] = pending.id, version, resolved_chain
-        resolved = PendingTransferResolved.of(body)
+        resolved = PendingTransferResolved(
+            originator_id=pending.id, originator_version=version, chain_hash=resolved_chain, **body
+        )
         return [committed, resolved]
 
     def _raise_not_open(self, pending_id: UUID) -> None:
@@ -803,9 +805,9 @@ class Decider:
             "linked_batch_id": linked_batch_id, "debit_after": debit_after, "credit_after": credit_after,
         }
         tid = cmd.transfer_id
-        chain_hash = self._chain("TransferCommitted", tid, 1, body)
-        body["originator_id"], body["originator_version"], body["chain_hash"] = tid, 1, chain_hash
-        return TransferCommitted.of(body)
+        return TransferCommitted(
+            originator_id=tid, originator_version=1, chain_hash=self._chain("TransferCommitted", tid, 1, body), **body
+        )
 
 
 def _check_key(key: str) -> None:

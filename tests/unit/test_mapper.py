@@ -101,39 +101,3 @@ def test_a_checkpoint_takes_the_fast_path_with_the_librarys_bytes(
     fast = ours.to_stored_event(checkpoint)
     assert fast == reference
     assert ours.to_domain_event(fast) == checkpoint
-
-
-def _sample_values(cls: type[LedgerEvent], variant: int) -> dict[str, Any]:
-    return dict(vars(_sample(cls, variant)))
-
-
-@pytest.mark.parametrize("name", sorted(EVENT_TYPES))
-@pytest.mark.parametrize("variant", [0, 1])
-def test_an_event_built_by_of_is_the_dataclasss_event_and_stores_the_same_bytes(
-        name: str, variant: int, mappers: tuple[Mapper[uuid.UUID], Mapper[uuid.UUID]]) -> None:
-    cls = EVENT_TYPES[name]
-    values = _sample_values(cls, variant)
-    shuffled = dict(reversed(values.items()))  # the order the caller gives does not matter
-    built, reference = cls.of(shuffled), cls(**values)
-    assert type(built) is cls and built == reference
-    assert list(vars(built)) == list(vars(reference))  # field order, which the stored JSON follows
-    ours, library = mappers
-    assert ours.to_stored_event(built) == library.to_stored_event(reference)
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        built.chain_hash = "changed"  # type: ignore[misc]
-
-
-@pytest.mark.parametrize("change", ["missing", "unexpected", "str originator", "missing, one more"])
-def test_of_refuses_what_the_dataclass_refuses(change: str) -> None:
-    values = _sample_values(EVENT_TYPES["TransferCommitted"], 1)
-    if change == "missing":
-        del values["reference"]
-    elif change == "unexpected":
-        values["memo"] = "x"
-    elif change == "str originator":
-        values["originator_id"] = str(values["originator_id"])
-    else:  # the count matches, the names do not
-        del values["reference"]
-        values["memo"] = "x"
-    with pytest.raises(TypeError):
-        EVENT_TYPES["TransferCommitted"].of(values)
