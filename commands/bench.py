@@ -165,10 +165,11 @@ def _register_ledger(subsystems: argparse._SubParsersAction[argparse.ArgumentPar
     p.add_argument("--wait-ms", type=float, default=GROUP_COMMIT_WAIT_MS_MAX,
                    help=f"writer: how long a batch waits to fill (default {GROUP_COMMIT_WAIT_MS_MAX})")
     p.add_argument("--pool-size", type=int, default=4, help="writer: event store connection pool (default 4)")
-    p.add_argument("--api-clients", default="64,128",
+    api_default = ",".join(map(str, API_CLIENTS_DEFAULT))
+    p.add_argument("--api-clients", default=api_default,
                    help="concurrencies of the api driver to try on random pairs; the best is its result, and its "
                         "hot-account run and paired rounds use that concurrency, as the baseline's do (default "
-                        "64,128)")
+                        f"{api_default})")
     p.add_argument("--baseline-clients", default="8,16,32,64",
                    help="plain-SQL concurrencies to try; the best is the baseline (default 8,16,32,64)")
     p.add_argument("--pairs", type=int, default=PAIRS_DEFAULT,

@@ -93,8 +93,9 @@ class LedgerGateway:
             settler = self._settler = _Settler(loop)
         waiter: asyncio.Future[Any] = loop.create_future()
         self.writer.submit(command).add_done_callback(partial(settler.on_done, waiter))
-        # A timer that fails the waiter, rather than ``asyncio.timeout``: no cancellation to undo, and a third
-        # of the cost on a path every money request takes.
+        # A timer that fails the waiter, rather than ``asyncio.timeout``: no cancellation to undo, and about half
+        # the cost on a path every money request takes (2-3 µs against 5-6 µs on uvloop, timed around an awaited
+        # future that is already done).
         expiry = loop.call_later(timeout_s, _expire, waiter)
         try:
             return await waiter
