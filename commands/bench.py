@@ -419,6 +419,12 @@ def _run_clients(clients: int, run_s: float, seed: int, loop: ClientLoop, name: 
     return [r for records in per_client for r in records], start[0]
 
 
+def next_transfer(target: Target, workload: Workload, rng: random.Random, key: str) -> Any:
+    """A closed-loop client's next transfer: a pair from ``workload`` and an amount, drawn in that order."""
+    debit, credit = workload(rng)
+    return target.prepare(key, debit, credit, rng.randint(1, TRANSFER_AMOUNT_CENTAVOS_MAX))
+
+
 def drive_threads(target_for: Callable[[int], Target], clients: int, run_s: float, workload: Workload, *,
                   key_prefix: str, seed: int) -> tuple[list[Record], int]:
     """Closed loop: ``clients`` threads, each sending one transfer and waiting for its answer, until ``run_s``."""
@@ -427,9 +433,7 @@ def drive_threads(target_for: Callable[[int], Target], clients: int, run_s: floa
     def loop(index: int, rng: random.Random, records: list[Record], deadline: int) -> None:
         target, seq = targets[index], 0
         while True:
-            debit, credit = workload(rng)
-            prepared = target.prepare(f"{key_prefix}:{index}:{seq}", debit, credit,
-                                      rng.randint(1, TRANSFER_AMOUNT_CENTAVOS_MAX))
+            prepared = next_transfer(target, workload, rng, f"{key_prefix}:{index}:{seq}")
             submitted = time.perf_counter_ns()
             if submitted >= deadline:
                 return
@@ -483,9 +487,7 @@ def drive_batches(target: LedgerTarget, clients: int, batch_size: int, run_s: fl
         while True:
             transfers = []
             for item in range(batch_size):
-                debit, credit = workload(rng)
-                transfers.append(target.prepare(f"{key_prefix}:{index}:{seq}:{item}", debit, credit,
-                                                rng.randint(1, TRANSFER_AMOUNT_CENTAVOS_MAX)))
+                transfers.append(next_transfer(target, workload, rng, f"{key_prefix}:{index}:{seq}:{item}"))
             submitted = time.perf_counter_ns()
             if submitted >= deadline:
                 return
@@ -525,8 +527,7 @@ def drive_inflight(target: LedgerTarget, window: int, run_s: float, workload: Wo
     seq = 0
     while True:
         slots.get()
-        debit, credit = workload(rng)
-        prepared = target.prepare(f"{key_prefix}:{seq}", debit, credit, rng.randint(1, TRANSFER_AMOUNT_CENTAVOS_MAX))
+        prepared = next_transfer(target, workload, rng, f"{key_prefix}:{seq}")
         submitted = time.perf_counter_ns()
         if submitted >= deadline:
             break
@@ -550,9 +551,7 @@ def drive_api(target: LedgerTarget, clients: int, run_s: float, workload: Worklo
     async def client(index: int) -> None:
         rng, records, seq = random.Random(seed * 7_919 + index), per_client[index], 0
         while True:
-            debit, credit = workload(rng)
-            prepared = target.prepare(f"{key_prefix}:{index}:{seq}", debit, credit,
-                                      rng.randint(1, TRANSFER_AMOUNT_CENTAVOS_MAX))
+            prepared = next_transfer(target, workload, rng, f"{key_prefix}:{index}:{seq}")
             submitted = time.perf_counter_ns()
             if submitted >= deadline:
                 return
@@ -602,8 +601,7 @@ def drive_open(target: LedgerTarget, rate_per_s: float, run_s: float, workload: 
         if scheduled > now:
             time.sleep(min(scheduled - now, 500_000) / 1e9)
             continue
-        debit, credit = workload(rng)
-        prepared = target.prepare(f"{key_prefix}:{seq}", debit, credit, rng.randint(1, TRANSFER_AMOUNT_CENTAVOS_MAX))
+        prepared = next_transfer(target, workload, rng, f"{key_prefix}:{seq}")
         sent[0] += 1
         target.submit(prepared).add_done_callback(partial(done, scheduled))
         seq += 1
