@@ -478,11 +478,12 @@ class LedgerState:
         self.committed_ids.add(transfer_id.int)
         self._record_undo(lambda: self._forget(self.transfers, transfer_id))
 
-    def trim_index(self) -> None:
-        """Forgets the oldest transfers beyond the index's bound. Called between batches only: within a batch
+    def trim_index(self, keep_newest: int = 0) -> None:
+        """Forgets the oldest transfers beyond the index's bound, and never the ``keep_newest`` newest (decided
+        but not committed yet: a store lookup would not find them). Called between batches only: within a batch
         every decision must see every key the batch started with (the batch's unknown keys were recalled then).
         """
-        if self.transfers.trim(self.index_bound):
+        if self.transfers.trim(self.index_bound + keep_newest):
             self.index_complete = False
 
     def needs_lookup(self, transfer_id: UUID) -> bool:

@@ -12,9 +12,11 @@ and the state is reloaded from the store before the next batch.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -68,6 +70,11 @@ from ledger.reply import Reply
 
 log = logging.getLogger(__name__)
 
+#: The interpreter's thread switch interval in a process running a writer (CPython's default is 5 ms). The
+#: committer, back from Postgres, and the event loop, with replies to send, wait for the interpreter lock while the
+#: writer thread decides; after this long the holder is asked to let go. At 5 ms the writer thread kept it for
+#: whole batches, and the API's clients came back in one cohort instead of two (ADR 0023).
+SWITCH_INTERVAL_S = 0.001
 #: How long stopping waits for a checkpoint being saved in the background (it is only an optimisation).
 CHECKPOINT_JOIN_S_MAX = 60.0
 #: A background checkpoint sleeps this long between chunks, so the threads serving requests keep the interpreter.
@@ -196,6 +203,28 @@ class _Submission:
     queued_at: float = 0.0
 
 
+class _Batch:
+    """Commands decided together and saved in one transaction: the events (in log order) and, per command that
+    was not refused, how to build its result once the batch committed."""
+
+    __slots__ = ("done", "events", "first_at", "outcome")
+
+    def __init__(self) -> None:
+        self.events: list[LedgerEvent] = []
+        self.done: list[tuple[_Submission, Builder]] = []
+        #: ``time.monotonic()`` when its first command arrived: the group-commit window runs from there.
+        self.first_at = 0.0
+        #: Set by the committer: the events' log positions, or why they were not saved.
+        self.outcome: list[int] | BaseException | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.events or self.done)
+
+
+#: Put in the writer's queue by the committer when a save was answered, to wake a writer waiting for commands.
+_WAKE = _Submission(ReadAccounts(()), Reply())
+
+
 @dataclass(frozen=True, slots=True)
 class WriterStats:
     batches: int
@@ -258,6 +287,13 @@ class LedgerWriter:
         # its depth limit is checked in ``submit`` (a few commands over the limit under a race are harmless).
         self._queue: queue.SimpleQueue[_Submission | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._committer: threading.Thread | None = None
+        #: Batches handed to the committer (None stops it), and handed back with their outcome.
+        self._commits: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
+        self._committed: queue.SimpleQueue[_Batch] = queue.SimpleQueue()
+        self._open = _Batch()
+        self._in_flight: _Batch | None = None
+        self._checkpoint_due = False
         self._epoch: int | None = None
         self._state: LedgerState | None = None
         self._last_checkpoint = 0
@@ -276,6 +312,10 @@ class LedgerWriter:
             raise
         self._last_checkpoint = self._state.checkpoint_position
         gc.freeze()  # the state just loaded lives as long as the writer
+        if sys.getswitchinterval() > SWITCH_INTERVAL_S:  # process-wide: only ever lowered
+            sys.setswitchinterval(SWITCH_INTERVAL_S)
+        self._committer = threading.Thread(target=self._commit_loop, name="ledger-committer", daemon=True)
+        self._committer.start()
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
         self._thread.start()
         log.info("ledger writer started at position %d; ledger code %s", self._state.position,
@@ -334,6 +374,9 @@ class LedgerWriter:
             self._queue.put(None)
             self._thread.join()
             self._thread = None
+        if self._committer is not None:  # the writer thread stopped it after its last batch
+            self._committer.join()
+            self._committer = None
         if self._checkpointer is not None:  # a checkpoint being saved finishes under this writer's lease
             self._checkpointer.join(CHECKPOINT_JOIN_S_MAX)
             self._checkpointer = None
@@ -409,48 +452,143 @@ class LedgerWriter:
         result: dict[UUID, Account] = self.execute(ReadAccounts(tuple(account_ids)))
         return result
 
-    # ---- the writer thread ----------------------------------------------------------------------------------
+    # ---- the writer thread: deciding ------------------------------------------------------------------------
+    # Two threads share a batch's life (ADR 0023). The writer thread decides each command as it arrives, adding
+    # its events to the open batch; the committer thread saves one batch at a time. While a batch is being saved,
+    # the commands arriving meanwhile are decided on top of it, and the open batch is handed over as soon as the
+    # save is answered. Deciding (CPU, holding the interpreter lock) thus overlaps with Postgres's commit (I/O,
+    # not holding it), instead of the two taking turns. Only the writer thread touches the state.
     def _run(self) -> None:
         try:
-            while True:
-                batch, stop = self._collect()
-                if self._id_stream is not None:
-                    self._absorb_ids(busy=bool(batch))
-                if batch:
-                    self._process(batch)
-                elif self._state is not None:
-                    self._expire_only()
-                if stop:
-                    return
+            self._pipeline()
         except BaseException as exc:  # a broken invariant: stop loudly, refuse everything after
             self.fatal = exc
             log.critical("ledger writer stopped: %r", exc, exc_info=exc)
-            self._drain_with(errors.LedgerUnavailable("the ledger writer stopped on an internal error"))
+            failure = errors.LedgerUnavailable("the ledger writer stopped on an internal error")
+            self._fail(self._open, failure)
+            self._finish_in_flight(failure)
+            self._drain_with(failure)
             raise
+        finally:
+            self._commits.put(None)
 
-    def _collect(self) -> tuple[list[_Submission], bool]:
-        """Waits for one command, then gathers more for at most ``wait_ms`` or ``commands_max``."""
+    def _finish_in_flight(self, failure: errors.LedgerError) -> None:
+        """On the way out: the batch being saved was decided before anything broke, so it gets its true answer
+        once the committer has one, and ``failure`` only if it has none in time."""
+        batch = self._in_flight
+        if batch is None:
+            return
+        with contextlib.suppress(queue.Empty):
+            self._committed.get(timeout=COMMAND_TIMEOUT_S_MAX)  # only one batch is ever in flight: this one
+        if isinstance(batch.outcome, list):
+            self._answer(batch, batch.outcome)
+        else:
+            self._fail(batch, failure)
+
+    def _pipeline(self) -> None:
+        stopping = False
+        while True:
+            if self._in_flight is not None:
+                try:
+                    self._settle(self._committed.get_nowait())
+                except queue.Empty:
+                    pass
+            if self._in_flight is None:
+                if self._checkpoint_due and not self._open:
+                    self._checkpoint_due = False
+                    self._checkpoint(self.state)
+                if self._open and (stopping or self._checkpoint_due or self._open_full()
+                                   or time.monotonic() >= self._open.first_at + self.wait_s):
+                    self._hand_over()
+            if stopping and self._in_flight is None and not self._open:
+                return
+            if stopping or self._checkpoint_due or self._open_full():
+                # Nothing more is taken now: wait for the save in flight (the open batch goes next).
+                if self._in_flight is not None:
+                    self._settle(self._committed.get())
+                continue
+            chunk, stopping = self._take()
+            if chunk:
+                self._decide_chunk(chunk)
+            elif not stopping and self._in_flight is None and not self._open:
+                self._idle()
+
+    def _open_full(self) -> bool:
+        return len(self._open.done) >= self.commands_max or len(self._open.events) >= GROUP_COMMIT_EVENTS_MAX
+
+    def _take(self) -> tuple[list[_Submission], bool]:
+        """The commands queued now (waiting for the first one), up to what the open batch still takes; True once
+        the queue's end was reached (``stop``).
+
+        With no save in flight, the wait for the first one ends when the open batch's window does. The window is
+        counted from when its first command arrived, not from when the writer got to it: a command that already
+        waited for the previous batch to commit waits no longer. With a save in flight, the committer's answer
+        wakes the wait.
+        """
+        if self._in_flight is None and self._open:
+            timeout = max(0.0, self._open.first_at + self.wait_s - time.monotonic())
+        else:
+            timeout = 1.0 if self._id_stream is None else COMMITTED_IDS_IDLE_POLL_S
         try:
-            first = self._queue.get(timeout=1.0 if self._id_stream is None else COMMITTED_IDS_IDLE_POLL_S)
+            item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
         except queue.Empty:
             return [], False
-        if first is None:
-            return [], True
-        batch = [first] if _claim(first) else []
-        # The window is counted from when the first command arrived, not from when the writer got to it: a command
-        # that already waited for the previous batch to commit waits no longer, and takes whatever has queued since.
-        deadline = first.queued_at + self.wait_s
-        while len(batch) < self.commands_max:
-            remaining = deadline - time.monotonic()
-            try:
-                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-            except queue.Empty:
-                break
+        chunk: list[_Submission] = []
+        room = self.commands_max - len(self._open.done)
+        while True:
             if item is None:
-                return batch, True
-            if _claim(item):
-                batch.append(item)
-        return batch, False
+                return chunk, True
+            if item is not _WAKE and _claim(item):
+                chunk.append(item)
+                if len(chunk) >= room:
+                    return chunk, False
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return chunk, False
+
+    def _decide_chunk(self, chunk: list[_Submission]) -> None:
+        """Decides ``chunk`` into the open batch (a refused command is answered at once, alone)."""
+        state = self.state
+        now = self.clock()
+        if not state.index_complete:
+            try:
+                self._recall_transfers(state, chunk)
+            except Exception as exc:
+                log.error("transfer lookup failed (%r); %d commands answered unavailable", exc, len(chunk))
+                failure = errors.LedgerUnavailable("the ledger store could not be read; retry with the same key")
+                for submission in chunk:
+                    submission.future.set_exception(failure)
+                return
+        batch = self._open
+        if not batch:
+            batch.first_at = chunk[0].queued_at
+            batch.events.extend(self._expiries(state, now))
+        try:
+            self._decide_batch(Decider(state), chunk, now, batch.events, batch.done)
+        except BaseException:
+            # A broken invariant: nobody in this chunk may be left waiting (the rest is answered by ``_run``).
+            failure = errors.LedgerUnavailable("the ledger writer stopped on an internal error")
+            for submission in chunk:
+                if not submission.future.done():
+                    submission.future.set_exception(failure)
+            raise
+
+    def _idle(self) -> None:
+        """With no commands coming: committed ids keep streaming in, and pending transfers still time out."""
+        if self._id_stream is not None:
+            self._absorb_ids(busy=False)
+        events = self._expiries(self.state, self.clock())
+        if events:
+            self._open.events.extend(events)
+            self._open.first_at = 0.0  # nobody waits for batch-mates: saved at once
+
+    def _hand_over(self) -> None:
+        if self._id_stream is not None:
+            self._absorb_ids(busy=True)
+        batch, self._open = self._open, _Batch()
+        self._in_flight = batch
+        self._commits.put(batch)
 
     def _drain_with(self, error: errors.LedgerError) -> None:
         while True:
@@ -458,17 +596,14 @@ class LedgerWriter:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 return
-            if item is not None and not item.future.done():
+            if item is not None and item is not _WAKE and not item.future.done():
                 item.future.set_exception(error)
 
-    def _expire_only(self) -> None:
-        """With no commands coming, pending transfers still time out."""
-        state = self._state
-        assert state is not None
-        now = self.clock()
-        events = self._expiries(state, now)
-        if events:
-            self._save(events, [])
+    @staticmethod
+    def _fail(batch: _Batch, error: errors.LedgerError) -> None:
+        for submission, _ in batch.done:
+            if not submission.future.done():
+                submission.future.set_exception(error)
 
     def _expiries(self, state: LedgerState, now: datetime) -> list[LedgerEvent]:
         decider = Decider(state)
@@ -480,31 +615,11 @@ class LedgerWriter:
         return events
 
     def _process(self, batch: list[_Submission]) -> None:
-        state = self._state
-        assert state is not None
-        now = self.clock()
-        if not state.index_complete:
-            try:
-                self._recall_transfers(state, batch)
-            except Exception as exc:
-                log.error("transfer lookup failed (%r); batch of %d answered unavailable", exc, len(batch))
-                failure = errors.LedgerUnavailable("the ledger store could not be read; retry with the same key")
-                for submission in batch:
-                    submission.future.set_exception(failure)
-                return
-        events = self._expiries(state, now)
-        done: list[tuple[_Submission, Builder]] = []
-        decider = Decider(state)
-        try:
-            self._decide_batch(decider, batch, now, events, done)
-        except BaseException as exc:
-            # A broken invariant: nobody in this batch may be left waiting, and nothing of it is saved.
-            failure = errors.LedgerUnavailable("the ledger writer stopped on an internal error")
-            for submission in batch:
-                if not submission.future.done():
-                    submission.future.set_exception(failure)
-            raise exc
-        self._save(events, done)
+        """One batch decided, saved and answered on the calling thread, without the committer (profiling)."""
+        self._decide_chunk(batch)
+        saving, self._open = self._open, _Batch()
+        saving.outcome = self._save_batch(saving)
+        self._settle(saving)
 
     def _decide_batch(self, decider: Decider, batch: list[_Submission], now: datetime,
                       events: list[LedgerEvent], done: list[tuple[_Submission, Builder]]) -> None:
@@ -534,41 +649,69 @@ class LedgerWriter:
         if unknown:
             self.app.load_transfers(self.lookup, state, unknown)
 
-    def _save(self, events: list[LedgerEvent], done: list[tuple[_Submission, Builder]]) -> None:
-        state = self._state
-        assert state is not None
+    # ---- the committer thread: saving -----------------------------------------------------------------------
+    def _commit_loop(self) -> None:
+        """Saves each batch handed over, in order, one transaction each, and hands it back with its outcome."""
+        while (batch := self._commits.get()) is not None:
+            batch.outcome = self._save_batch(batch)
+            self._committed.put(batch)
+            self._queue.put(_WAKE)
+
+    def _save_batch(self, batch: _Batch) -> list[int] | BaseException:
+        if not batch.events:
+            return []
+        try:
+            return self.app.append(batch.events, writer_epoch=self._epoch)
+        except BaseException as exc:  # the writer thread decides what the failure means
+            return exc
+
+    # ---- the writer thread: answering -----------------------------------------------------------------------
+    def _settle(self, batch: _Batch) -> None:
+        """Answers a saved batch: results once it committed; after a failure, the open batch (decided on top of
+        it) is refused with it and the state reloaded from the store."""
+        self._in_flight = None
+        state = self.state
+        outcome = batch.outcome
+        if isinstance(outcome, errors.WriterFenced):
+            # Another writer owns the ledger now: this one must never write again.
+            fenced = errors.LedgerUnavailable("this ledger writer was fenced off")
+            self._fail(batch, fenced)
+            self._fail(self._open, fenced)
+            raise outcome
+        if isinstance(outcome, BaseException) or outcome is None:
+            log.error("ledger batch of %d events not saved (%r); reloading state from the store",
+                      len(batch.events), outcome)
+            unavailable = errors.LedgerUnavailable(
+                "the ledger store failed; the outcome is unknown, retry with the same key"
+            )
+            self._fail(batch, unavailable)
+            self._fail(self._open, unavailable)
+            self._open = _Batch()
+            self._reload()
+            return
+        self._answer(batch, outcome)
+        if state.position - self._last_checkpoint >= self.checkpoint_interval:
+            # Taken once nothing is open or in flight: a checkpoint is the state at one log position.
+            self._checkpoint_due = True
+
+    def _answer(self, batch: _Batch, outcome: list[int]) -> None:
+        """The state learns the committed batch's log positions, and every command of it gets its result."""
+        state = self.state
         positions: dict[UUID, int] = {}
-        if events:
-            try:
-                log_positions = self.app.append(events, writer_epoch=self._epoch)
-            except errors.WriterFenced:
-                # Another writer owns the ledger now: this one must never write again.
-                for submission, _ in done:
-                    submission.future.set_exception(errors.LedgerUnavailable("this ledger writer was fenced off"))
-                raise
-            except Exception as exc:
-                log.error("ledger batch of %d events not saved (%r); reloading state from the store", len(events), exc)
-                unavailable = errors.LedgerUnavailable(
-                    "the ledger store failed; the outcome is unknown, retry with the same key"
-                )
-                for submission, _ in done:
-                    submission.future.set_exception(unavailable)
-                self._reload()
-                return
-            for event, position in zip(events, log_positions, strict=True):
+        if outcome:
+            for event, position in zip(batch.events, outcome, strict=True):
                 if event.originator_version == 1:
                     positions[event.originator_id] = position
                     state.set_position(event.originator_id, position)
-            state.position = max(state.position, *log_positions)
-            self._stats[2] += len(events)
-        state.trim_index()
-        self._freeze_heap(len(events))
+            state.position = max(state.position, *outcome)
+            self._stats[2] += len(outcome)
+        # The open batch's transfers are not committed yet: they stay in the index, however old it grows.
+        state.trim_index(keep_newest=len(self._open.events))
+        self._freeze_heap(len(outcome))
         self._stats[0] += 1
-        self._stats[1] += len(done)
-        for submission, build in done:
+        self._stats[1] += len(batch.done)
+        for submission, build in batch.done:
             submission.future.set_result(build(positions))
-        if state.position - self._last_checkpoint >= self.checkpoint_interval:
-            self._checkpoint(state)
 
     def _freeze_heap(self, new_events: int) -> None:
         """Moves what the writer keeps (state, index) out of the cyclic garbage collector's reach.

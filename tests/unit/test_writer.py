@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -74,7 +74,7 @@ class Clock:
 
     def __call__(self) -> datetime:
         # Only block a batch being processed, not the idle expiry scan, so the held batch is a known one.
-        if not self._open.is_set() and sys._getframe(1).f_code.co_name == "_process":
+        if not self._open.is_set() and sys._getframe(1).f_code.co_name == "_decide_chunk":
             self.blocked.set()
             assert self._open.wait(WAIT_S), "the clock was held too long"
         return self.now
@@ -566,6 +566,9 @@ class held:
         self.batches = self.book.writer.stats().batches
 
     def __exit__(self, *exc: object) -> None:
+        # The blocker's window passes first, so it is saved alone and the commands queued behind it form the next
+        # batch (within its window, the writer would have added them to the blocker's).
+        time.sleep(self.book.writer.wait_s)
         self.book.clock.release()
         self.blocker.result(timeout=WAIT_S)
         if exc[0] is None and self.expect_batches is not None:
@@ -641,39 +644,106 @@ def test_commands_from_many_threads_each_get_their_own_answer(funded: tuple[Ledg
     assert book.account(poor) == [0, 0, 0, 8_000]
 
 
-def _idle_writer(app: LedgerApplication, window_s: float) -> LedgerWriter:
-    """A writer that is not started, with a group-commit window long enough to time with a coarse clock."""
-    writer = LedgerWriter(app, InMemoryWriterLease(f"test-{uuid.uuid4()}"), RecorderTransferLookup(app.recorder))
-    writer.wait_s = window_s
-    return writer
+def _windowed(book: Ledger, window_s: float) -> LedgerWriter:
+    """The book's writer with a group-commit window long enough to time with a coarse clock."""
+    book.writer.wait_s = window_s
+    return book.writer
 
 
-def test_a_command_that_waited_for_the_previous_batch_waits_no_longer(app: LedgerApplication) -> None:
+def test_a_command_that_waited_for_the_previous_batch_waits_no_longer(book: Ledger) -> None:
     # The window runs from the first command's arrival: one queued while the writer was busy committing (here,
-    # a second ago) is taken at once with whatever queued since, instead of opening a fresh window.
-    writer = _idle_writer(app, window_s=0.5)
+    # a second ago) is saved at once, instead of opening a fresh window.
+    writer = _windowed(book, window_s=0.5)
     late = ledger.writer._Submission(ReadAccounts(()), Reply(), time.monotonic() - 1.0)
-    since = ledger.writer._Submission(ReadAccounts(()), Reply(), time.monotonic())
+    started = time.monotonic()
     writer._queue.put(late)
-    writer._queue.put(since)
-    started = time.monotonic()
-    batch, stopping = writer._collect()
+    late.future.result(timeout=WAIT_S)
     assert time.monotonic() - started < 0.25
-    assert batch == [late, since] and not stopping
 
 
-def test_a_fresh_command_waits_its_window_for_batch_mates(app: LedgerApplication) -> None:
-    writer = _idle_writer(app, window_s=0.5)
-    first = ledger.writer._Submission(ReadAccounts(()), Reply(), time.monotonic())
-    mate = ledger.writer._Submission(ReadAccounts(()), Reply(), 0.0)
-    writer._queue.put(first)
-    timer = threading.Timer(0.1, writer._queue.put, args=(mate,))
-    timer.start()
+def test_a_fresh_command_waits_its_window_for_batch_mates(book: Ledger) -> None:
+    writer = _windowed(book, window_s=0.5)
+    batches = writer.stats().batches
     started = time.monotonic()
-    batch, _ = writer._collect()
-    timer.join()
-    assert batch == [first, mate]
+    first = writer.submit(ReadAccounts(()))
+    time.sleep(0.1)
+    mate = writer.submit(ReadAccounts(()))
+    first.result(timeout=WAIT_S), mate.result(timeout=WAIT_S)
     assert 0.1 <= time.monotonic() - started
+    assert writer.stats().batches == batches + 1  # one batch: the mate joined the first command's
+
+
+class _HeldAppend:
+    """Makes the application's next save wait in the committer until ``release()``, then commit, or fail without
+    reaching the store if ``fail`` is set."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, app: LedgerApplication, fail: bool = False) -> None:
+        self.entered, self._release, self._real, self._fail = threading.Event(), threading.Event(), app.append, fail
+        self._calls = 0
+        monkeypatch.setattr(app, "append", self)
+
+    def __call__(self, events: Any, **kwargs: Any) -> Any:
+        self._calls += 1
+        if self._calls == 1:
+            self.entered.set()
+            assert self._release.wait(WAIT_S), "the save was held too long"
+            if self._fail:
+                raise ConnectionError("the store went away")
+        return self._real(events, **kwargs)
+
+    def release(self) -> None:
+        self._release.set()
+
+
+def _wait_until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
+def test_commands_arriving_during_a_save_are_decided_meanwhile_and_saved_next(
+    monkeypatch: pytest.MonkeyPatch, funded: tuple[Ledger, UUID, UUID, UUID]
+) -> None:
+    # Pipelining (ADR 0023): while one batch is being saved, the writer decides what arrives on top of it; those
+    # commands are acknowledged only once their own batch committed, after the one before.
+    book, _, rich, poor = funded
+    held_save = _HeldAppend(monkeypatch, book.app)
+    batches, count = book.writer.stats().batches, book.event_count()
+    first = book.writer.submit(t("first", rich, poor, 6_000))
+    assert held_save.entered.wait(WAIT_S)
+    second = book.writer.submit(t("second", rich, poor, 3_000))
+    overdraft = book.writer.submit(t("overdraft", rich, poor, 2_000))  # 100.00 - 60.00 - 30.00 cannot pay it
+    _wait_until(overdraft.done)  # refused at once, on the state the save in flight will commit
+    assert isinstance(overdraft.exception(), errors.InsufficientFunds)
+    assert len(book.writer._open.done) == 1 and not first.done() and not second.done()
+    assert book.event_count() == count
+    held_save.release()
+    results = [first.result(timeout=WAIT_S), second.result(timeout=WAIT_S)]
+    assert [r.position for r in results] == [count + 1, count + 2]
+    assert book.writer.stats().batches == batches + 2
+    assert book.available(rich) == 1_000
+
+
+def test_a_failed_save_also_refuses_what_was_decided_on_top_of_it(
+    monkeypatch: pytest.MonkeyPatch, funded: tuple[Ledger, UUID, UUID, UUID]
+) -> None:
+    book, _, rich, poor = funded
+    held_save = _HeldAppend(monkeypatch, book.app, fail=True)
+    count = book.event_count()
+    first = book.writer.submit(t("first", rich, poor, 6_000))
+    assert held_save.entered.wait(WAIT_S)
+    second = book.writer.submit(t("second", rich, poor, 3_000))
+    _wait_until(lambda: len(book.writer._open.done) == 1)
+    held_save.release()
+    # The second transfer was decided on a state that included the first: with the first's outcome unknown, it is
+    # refused as well, and the state is reloaded from the store.
+    for future in (first, second):
+        assert isinstance(future.exception(timeout=WAIT_S), errors.LedgerUnavailable)
+    assert book.event_count() == count and book.available(rich) == 10_000
+    retried = [book.writer.transfer(t(k, rich, poor, amount)) for k, amount in (("second", 3_000), ("first", 6_000))]
+    assert [r.replayed for r in retried] == [False, False]
+    assert book.event_count() == count + 2 and book.available(rich) == 1_000
 
 
 def test_a_full_queue_refuses_with_overloaded(monkeypatch: pytest.MonkeyPatch, app: LedgerApplication) -> None:
