@@ -1,13 +1,14 @@
 """The single ledger writer: group commit over an in-memory state (DESIGN §3, the TigerBeetle shape).
 
-Callers on any thread ``submit`` commands and wait on a ``Reply`` (a lean ``Future``). One writer thread takes
-the commands that arrived within a bounded time and count, decides each against the in-memory state (a refused
-command is rolled back alone and never fails its batch-mates), and saves every resulting event in one
-transaction. Replies are resolved only after that transaction committed, so an acknowledged command is durable.
+Callers on any thread ``submit`` commands and wait on a ``Reply`` (a lean ``Future``). The writer thread decides
+each command against the in-memory state as it arrives (a refused command is rolled back alone and never fails
+its batch-mates) and gathers the events of those that arrived within a bounded time and count into one batch; the
+committer thread saves each batch in one transaction, while the writer thread decides the next (ADR 0023).
+Replies are resolved only after their batch committed, so an acknowledged command is durable.
 
 If a save fails, its outcome is unknown (the commit may have happened before the connection broke), so the
-writer does not guess: every command of the batch gets ``LedgerUnavailable`` (safe to retry with the same key)
-and the state is reloaded from the store before the next batch.
+writer does not guess: every command of the batch, and of the batch decided on top of it, gets
+``LedgerUnavailable`` (safe to retry with the same key) and the state is reloaded from the store.
 """
 
 from __future__ import annotations
@@ -481,9 +482,12 @@ class LedgerWriter:
         with contextlib.suppress(queue.Empty):
             self._committed.get(timeout=COMMAND_TIMEOUT_S_MAX)  # only one batch is ever in flight: this one
         if isinstance(batch.outcome, list):
-            self._answer(batch, batch.outcome)
-        else:
-            self._fail(batch, failure)
+            try:
+                self._answer(batch, batch.outcome)
+                return
+            except BaseException as exc:  # answered below, whatever is left
+                log.critical("a committed batch could not be answered: %r", exc)
+        self._fail(batch, failure)
 
     def _pipeline(self) -> None:
         stopping = False
