@@ -47,7 +47,7 @@ from ledger.events import (
     PendingTransferResolved,
     TransferCommitted,
 )
-from ledger.index import GenerationalIndex, IdFilter
+from ledger.index import IdFilter, TransferIndex
 from ledger.limits import (
     BALANCE_CENTAVOS_MAX,
     IDEMPOTENCY_KEY_LENGTH_MAX,
@@ -245,7 +245,7 @@ class LedgerState:
         self.documents: dict[tuple[str, str], UUID] = {}
         self.pending: dict[UUID, PendingTransfer] = {}
         self._expiry_heap: list[tuple[datetime, UUID]] = []
-        self.transfers: GenerationalIndex[UUID, _IndexedTransfer] = GenerationalIndex(TRANSFER_INDEX_RECENT_MAX)
+        self.transfers: TransferIndex[_IndexedTransfer] = TransferIndex(TRANSFER_INDEX_RECENT_MAX)
         #: How many transfers the index keeps before it forgets the oldest generations (an attribute, so a test can
         #: lower it even when this module runs compiled and its constants are built in).
         self.index_bound = TRANSFER_INDEX_RECENT_MAX

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ledger.index import GENERATIONS_MAX, GenerationalIndex, IdFilter
+from ledger.index import GENERATIONS_MAX, GenerationalIndex, IdFilter, TransferIndex
 
 _ops = st.lists(st.one_of(
     st.tuples(st.just("add"), st.integers(0, 400)),
@@ -64,6 +65,26 @@ def test_no_generation_grows_past_its_share_of_the_bound() -> None:
     assert bound - bound // GENERATIONS_MAX <= len(index) <= bound
     assert list(index) == list(range(50_000 - len(index), 50_000))
 
+
+
+def test_the_transfer_index_is_a_mapping_by_transfer_id() -> None:
+    # Stored under the ids' integers, but read, written and listed by id; the newest of a bound of 4 are kept.
+    index: TransferIndex[str] = TransferIndex(4)
+    ids = [uuid.uuid4() for _ in range(6)]
+    for n, transfer_id in enumerate(ids):
+        index.add(transfer_id, f"t{n}")
+    assert index.trim(4) and len(index) == 4 and list(index) == ids[2:]
+    assert ids[1] not in index and index.get(ids[1]) is None
+    assert ids[5] in index and index[ids[5]] == "t5" and index.get(ids[2]) == "t2"
+    assert ids[5].int not in index  # only an id finds its entry
+    index[ids[3]] = "t3'"
+    del index[ids[2]]
+    assert dict(index) == {ids[3]: "t3'", ids[4]: "t4", ids[5]: "t5"}
+    for missing in (ids[0], ids[2]):
+        with pytest.raises(KeyError):
+            index[missing]
+        with pytest.raises(KeyError):
+            del index[missing]
 
 # ---- the filter of committed ids --------------------------------------------------------------------------------
 
