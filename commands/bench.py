@@ -167,9 +167,9 @@ def _register_ledger(subsystems: argparse._SubParsersAction[argparse.ArgumentPar
     p.add_argument("--pool-size", type=int, default=4, help="writer: event store connection pool (default 4)")
     api_default = ",".join(map(str, API_CLIENTS_DEFAULT))
     p.add_argument("--api-clients", default=api_default,
-                   help="concurrencies of the api driver to try on random pairs; the best is its result, and its "
-                        "hot-account run and paired rounds use that concurrency, as the baseline's do (default "
-                        f"{api_default})")
+                   help="concurrencies of the api driver to try on random pairs; the best is its result and its "
+                        "hot-account run uses it, as the baseline's do; each paired round tries them all again and "
+                        f"keeps the best, as it does for the baseline's (default {api_default})")
     p.add_argument("--baseline-clients", default="8,16,32,64",
                    help="plain-SQL concurrencies to try; the best is the baseline (default 8,16,32,64)")
     p.add_argument("--pairs", type=int, default=PAIRS_DEFAULT,
@@ -1060,6 +1060,8 @@ class PairedRound:
     order: str  # "ledger first" or "baseline first"
     ledger: list[Measurement]
     baseline: Measurement
+    #: The round's other concurrencies of the api driver and of the baseline, each beaten by the one kept above.
+    beaten: list[Measurement] = field(default_factory=list)
 
     def ratio(self, driver: str) -> float | None:
         m = next((m for m in self.ledger if m.driver == driver), None)
@@ -1151,34 +1153,50 @@ def paired_drivers(drivers: Sequence[str]) -> tuple[str, ...]:
 def _run_paired_rounds(runtime: LedgerRuntime, dsn: str, setup: LedgerSetup, options: LedgerBenchOptions, *,
                        sweep: list[Measurement], ledger_sweep: list[Measurement], say: Callable[[str], None],
                        meter: CpuMeter) -> list[PairedRound]:
-    """Measures the ``paired_drivers`` on random pairs and the best baseline concurrency back to back,
-    ``options.pairs`` times, alternating which goes first.
+    """Measures the ``paired_drivers`` on random pairs and the baseline back to back, ``options.pairs`` times,
+    alternating which goes first.
 
     The sweeps run minutes apart, and the speed of a shared VM drifts over minutes (here by up to 2x for the same
     loop): a ratio of two numbers taken that far apart measures the drift as much as the ledgers. Each round's
-    ratio compares numbers taken seconds apart, and alternating the order cancels a steady drift."""
-    baseline_random = [m for m in sweep if m.workload == "random"]
-    if not options.pairs or not baseline_random:
+    ratio compares numbers taken seconds apart, and alternating the order cancels a steady drift.
+
+    Each round measures both sides again at each of their concurrencies (the api driver's ``--api-clients``, the
+    baseline's ``--baseline-clients``) and keeps each side's best. The best concurrency chosen in the sweeps, on a
+    fresh database, had gone stale by the paired rounds, millions of rows later: commits had slowed, and each side
+    then did better with more clients in flight (docs/benchmarks.md, eleventh round)."""
+    if not options.pairs or not any(m.workload == "random" for m in sweep):
         return []
-    clients = max(baseline_random, key=lambda m: m.transfers_per_s).clients
     drivers = paired_drivers(options.drivers)
     rounds = []
     for index in range(1, options.pairs + 1):
         label, ledger_first = f":round{index}", index % 2 == 1
         say(f"paired round {index} of {options.pairs}: {'ledger' if ledger_first else 'baseline'} first ...")
         measured: list[Measurement] = []
+        beaten: list[Measurement] = []
         base: Measurement | None = None
         for side in ("ledger", "baseline") if ledger_first else ("baseline", "ledger"):
             if side == "ledger":
-                measured = [run_ledger_scenario(runtime, dsn, setup, options, driver=driver, workload_name="random",
-                                                meter=meter, round_label=label,
-                                                clients=best_of(ledger_sweep, driver, "random").clients)
-                             for driver in drivers]
+                for driver in drivers:
+                    concurrencies = (options.api_clients if driver == "api"
+                                     else (best_of(ledger_sweep, driver, "random").clients,))
+                    tried = [run_ledger_scenario(runtime, dsn, setup, options, driver=driver, workload_name="random",
+                                                 meter=meter, round_label=label, clients=clients)
+                             for clients in concurrencies]
+                    measured.append(_keep_best(tried, beaten))
             else:
-                base = run_baseline_scenario(dsn, options, clients, "random", meter=meter, round_label=label)
+                base = _keep_best([run_baseline_scenario(dsn, options, clients, "random", meter=meter,
+                                                         round_label=label)
+                                   for clients in options.baseline_clients], beaten)
         assert base is not None
-        rounds.append(PairedRound(index, "ledger first" if ledger_first else "baseline first", measured, base))
+        rounds.append(PairedRound(index, "ledger first" if ledger_first else "baseline first", measured, base,
+                                  beaten))
     return rounds
+
+
+def _keep_best(tried: list[Measurement], beaten: list[Measurement]) -> Measurement:
+    best = max(tried, key=lambda m: m.transfers_per_s)
+    beaten.extend(m for m in tried if m is not best)
+    return best
 
 
 def _run_baseline_side(dsn: str, options: LedgerBenchOptions, say: Callable[[str], None],
@@ -1263,7 +1281,7 @@ def build_report(options: LedgerBenchOptions, started: datetime, machine: dict[s
         "baseline_best_clients": best.clients if best else None,
         "api_best_clients": random_m.clients if random_m and headline == "api" else None,
         "paired_rounds": [{"round": r.index, "order": r.order, "ledger": [asdict(m) for m in r.ledger],
-                           "baseline": asdict(r.baseline),
+                           "baseline": asdict(r.baseline), "beaten": [asdict(m) for m in r.beaten],
                            "ratios": {m.driver: r.ratio(m.driver) for m in r.ledger}} for r in runs.rounds],
         "ratios": ratios,
         "targets": targets,
@@ -1336,7 +1354,7 @@ def render_report(report: dict[str, Any]) -> str:
         lines.append(f"(* the baseline: the best plain-SQL concurrency, {best} connections)")
     if report.get("api_best_clients"):
         lines.append(f"(the api driver's result: its best concurrency on random pairs, {report['api_best_clients']} "
-                     "clients, which its hot run and paired rounds use)")
+                     "clients, which its hot run uses; each paired round keeps each side's best concurrency)")
     lines.append("cores: CPU cores used by this process / by the ledger writer thread alone / by local Postgres / by "
                  "anything else on the machine (should be ~0)")
     lines.append(f"speed probe: ms this machine took for {SPEED_PROBE_ITERATIONS:,} Python additions just before the "
@@ -1358,8 +1376,8 @@ def render_report(report: dict[str, Any]) -> str:
                      f"ledger hot / baseline hot = {_fmt(r['ledger_hot_over_baseline_hot'])}")
     lines.append(f"baseline hot / baseline random = {_fmt(report['ratios'].get('baseline_hot_over_random'))}")
     for r in report["paired_rounds"]:
-        measured = ", ".join(f"{m['driver']} {m['transfers_per_s']:,.0f}/s ({_fmt(r['ratios'][m['driver']])})"
-                             for m in r["ledger"])
+        measured = ", ".join(f"{m['driver']} {m['transfers_per_s']:,.0f}/s at {m['clients']} "
+                             f"({_fmt(r['ratios'][m['driver']])})" for m in r["ledger"])
         lines.append(f"paired round {r['round']} ({r['order']}): baseline {r['baseline']['transfers_per_s']:,.0f}/s "
                      f"at {r['baseline']['clients']} connections; ledger random {measured}; speed probe "
                      f"{'/'.join(str(m['extra'].get('speed_probe_ms')) for m in (*r['ledger'], r['baseline']))} ms")

@@ -89,8 +89,15 @@ def test_paired_rounds_measure_both_ledgers_back_to_back(report: dict[str, Any])
         # The judged drivers (ADR 0022), then ``threads``, reported beside them.
         assert [(m["driver"], m["workload"]) for m in r["ledger"]] == [
             ("api", "random"), ("batched", "random"), ("threads", "random")]
-        assert (r["baseline"]["workload"], r["baseline"]["clients"]) == ("random", report["baseline_best_clients"])
-        assert r["ledger"][0]["clients"] == report["api_best_clients"]
+        # Each side at each of its concurrencies again, and its best kept (the rest are reported as beaten).
+        baseline_tried = [r["baseline"], *(m for m in r["beaten"] if m["system"] == "baseline")]
+        api_tried = [r["ledger"][0], *(m for m in r["beaten"] if m["driver"] == "api")]
+        assert sorted(m["clients"] for m in baseline_tried) == [2, 4]
+        assert sorted(m["clients"] for m in api_tried) == [8, 16]
+        assert {m["workload"] for m in baseline_tried + api_tried} == {"random"}
+        assert len(r["beaten"]) == 2
+        for kept, tried in ((r["baseline"], baseline_tried), (r["ledger"][0], api_tried)):
+            assert kept["transfers_per_s"] == max(m["transfers_per_s"] for m in tried)
         for m in r["ledger"]:
             assert r["ratios"][m["driver"]] == round(m["transfers_per_s"] / r["baseline"]["transfers_per_s"], 3)
     for driver in ("api", "batched", "threads"):
@@ -99,8 +106,9 @@ def test_paired_rounds_measure_both_ledgers_back_to_back(report: dict[str, Any])
 
 
 def paired_measurements(report: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    return ([m for r in report["paired_rounds"] for m in r["ledger"]],
-            [r["baseline"] for r in report["paired_rounds"]])
+    rounds = report["paired_rounds"]
+    return ([m for r in rounds for m in (*r["ledger"], *r["beaten"]) if m["system"] == "ledger"],
+            [m for r in rounds for m in (r["baseline"], *r["beaten"]) if m["system"] == "baseline"])
 
 
 def test_every_acknowledged_transfer_is_committed_once(report: dict[str, Any]) -> None:
