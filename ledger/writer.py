@@ -20,7 +20,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -246,6 +246,13 @@ def _claim(submission: _Submission) -> bool:
     timed out) would make the writer's later ``set_result`` raise ``InvalidStateError`` in the writer thread.
     """
     return submission.future.running() or submission.future.set_running_or_notify_cancel()
+
+
+def _refuse(submissions: Iterable[_Submission], error: errors.LedgerError) -> None:
+    """Answers ``error`` to each of ``submissions`` not answered yet."""
+    for submission in submissions:
+        if not submission.future.done():
+            submission.future.set_exception(error)
 
 
 def utc_now() -> datetime:
@@ -560,9 +567,7 @@ class LedgerWriter:
                 self._recall_transfers(state, chunk)
             except Exception as exc:
                 log.error("transfer lookup failed (%r); %d commands answered unavailable", exc, len(chunk))
-                failure = errors.LedgerUnavailable("the ledger store could not be read; retry with the same key")
-                for submission in chunk:
-                    submission.future.set_exception(failure)
+                _refuse(chunk, errors.LedgerUnavailable("the ledger store could not be read; retry with the same key"))
                 return
         batch = self._open
         if not batch:
@@ -572,10 +577,7 @@ class LedgerWriter:
             self._decide_batch(Decider(state), chunk, now, batch.events, batch.done)
         except BaseException:
             # A broken invariant: nobody in this chunk may be left waiting (the rest is answered by ``_run``).
-            failure = errors.LedgerUnavailable("the ledger writer stopped on an internal error")
-            for submission in chunk:
-                if not submission.future.done():
-                    submission.future.set_exception(failure)
+            _refuse(chunk, errors.LedgerUnavailable("the ledger writer stopped on an internal error"))
             raise
 
     def _idle(self) -> None:
@@ -605,9 +607,7 @@ class LedgerWriter:
 
     @staticmethod
     def _fail(batch: _Batch, error: errors.LedgerError) -> None:
-        for submission, _ in batch.done:
-            if not submission.future.done():
-                submission.future.set_exception(error)
+        _refuse((submission for submission, _ in batch.done), error)
 
     def _expiries(self, state: LedgerState, now: datetime) -> list[LedgerEvent]:
         decider = Decider(state)
