@@ -111,7 +111,6 @@ class GenerationalIndex(MutableMapping[K, V], Generic[K, V]):
         return forgot
 
 
-
 class TransferIndex(MutableMapping[UUID, V], Generic[V]):
     """A ``GenerationalIndex`` keyed by transfer id, stored under the id's integer.
 
@@ -155,6 +154,7 @@ class TransferIndex(MutableMapping[UUID, V], Generic[V]):
 
     def trim(self, bound: int) -> bool:
         return self._index.trim(bound)
+
 
 #: Bits per id and probes per id of each ``IdFilter`` segment: about 7 in 100,000 ids never added are reported
 #: as possibly added when a segment holds its capacity, so a batch of 64 new transfers is sent to the store
