@@ -7,7 +7,9 @@ exactly the chain hash a rebuild from the store will recompute.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hashlib
+import pickle
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -21,6 +23,7 @@ from ledger import errors
 from ledger.chart import REQUIRED_FLAGS, AccountCode, AccountFlags
 from ledger.command_types import (
     TRANSFER_ID_NAMESPACE,
+    TRANSFER_KINDS,
     CloseAccount,
     CreateLinkedTransfers,
     CreateTransfer,
@@ -761,7 +764,40 @@ def test_payload_hash_covers_everything_but_the_key(funded: tuple[Book, UUID, UU
 
 @given(key=st.text(max_size=300))
 def test_transfer_id_for_key_is_uuid5_of_the_key(key: str) -> None:
-    assert transfer_id_for_key(key) == uuid.uuid5(TRANSFER_ID_NAMESPACE, key)
+    # Built without ``UUID.__init__``: the same value, and the same object in every respect that anything reads.
+    made, expected = transfer_id_for_key(key), uuid.uuid5(TRANSFER_ID_NAMESPACE, key)
+    assert made == expected
+    assert (hash(made), str(made), repr(made), made.bytes, made.version, made.is_safe) == (
+        hash(expected), str(expected), repr(expected), expected.bytes, expected.version, expected.is_safe)
+    assert pickle.loads(pickle.dumps(made)) == expected
+    with pytest.raises(TypeError):
+        made.int = 0  # type: ignore[misc]  # still immutable
+
+
+class _TransferCode(enum.IntEnum):
+    PIX = 10
+
+
+class _AccountId(UUID):
+    """A UUID of a subclass: accepted by the field-by-field checks, not by the fast one."""
+
+
+@given(kind=st.sampled_from(TRANSFER_KINDS), amount=st.none() | st.integers(-10, 10**12),
+       pending=st.none() | st.uuids(), timeout=st.integers(0, 100), code=st.sampled_from([1, _TransferCode.PIX]),
+       reference=st.text(max_size=30), subclassed=st.booleans(), key=st.text(min_size=1, max_size=40))
+def test_a_transfer_is_built_alike_on_the_fast_and_the_field_by_field_path(
+    kind: str, amount: int | None, pending: UUID | None, timeout: int, code: int, reference: str, subclassed: bool,
+    key: str,
+) -> None:
+    # The common shape (exact types, no pending id) skips the checks one field at a time; every other shape takes
+    # them. Both must give the id of the key and the payload hash of the rule the stored hashes were made with.
+    debit = uuid.uuid4()
+    credit = _AccountId(int=uuid.uuid4().int) if subclassed else uuid.uuid4()
+    built = CreateTransfer(key, debit, credit, amount, kind=kind, pending_id=pending, timeout_s=timeout,  # type: ignore[arg-type]
+                           code=code, reference=reference)
+    rule = "|".join(str(v) for v in (kind, debit, credit, amount, pending, timeout, LEDGER_BRL, code, reference))
+    assert built.payload_hash() == hashlib.sha256(rule.encode("utf-8", "surrogatepass")).hexdigest()
+    assert built.transfer_id == uuid.uuid5(TRANSFER_ID_NAMESPACE, key)
 
 
 def test_trimming_the_index_never_forgets_the_transfers_not_committed_yet() -> None:
