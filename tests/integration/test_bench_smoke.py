@@ -61,6 +61,11 @@ def test_report_has_every_field(report: dict[str, Any]) -> None:
         assert m["extra"]["speed_probe_ms"] > 0
         assert {"p50", "p99", "max"} <= m["latency_ms"].keys()
         assert m["transfers_per_s"] > 0 and 0 < m["latency_ms"]["p50"] <= m["latency_ms"]["p99"]
+        # What each transfer cost the server's WAL: at least its own records (a ledger event's stored JSON alone
+        # is several hundred bytes; a plain-SQL transfer is two row updates and one insert).
+        wal = m["extra"]["wal"]
+        assert wal["bytes_per_transfer"] >= (300 if m["system"] == "ledger" else 100), m["name"]
+        assert wal["full_page_images_per_transfer"] >= 0 and wal["checkpoints_started"] >= 0
     for driver in bench.DRIVERS:
         assert report["ratios"][driver]["ledger_random_over_baseline"] > 0
         assert report["ratios"][driver]["hot_over_random"] > 0
