@@ -752,6 +752,41 @@ def speed_probe_ms() -> float:
     return round(best * 1000, 1)
 
 
+#: The memory probe's table: about 150 MB of dict and int objects, far beyond any cache of these VMs' CPUs.
+MEMORY_PROBE_ENTRIES = 2_000_000
+MEMORY_PROBE_LOOKUPS = 200_000
+
+
+class MemoryProbe:
+    """How long this machine takes, right now, for random lookups in a dict far larger than the CPU's caches (best
+    of three).
+
+    The speed probe's loop stays in the first-level cache, so it cannot see a VM whose memory has become slower;
+    the writer, whose index holds up to a million entries, does (docs/benchmarks.md, twelfth round). Built once,
+    when first used (about a second), and kept for the whole run."""
+
+    _instance: MemoryProbe | None = None
+
+    def __init__(self, entries: int = MEMORY_PROBE_ENTRIES, lookups: int = MEMORY_PROBE_LOOKUPS) -> None:
+        rng = random.Random(7)
+        self.table = {key: key for key in range(entries)}
+        # Keys equal to the table's but other objects (beyond the small ints CPython shares): each lookup reads the
+        # stored key too, as the writer's index lookups do.
+        self.keys = [rng.randrange(entries) for _ in range(lookups)]
+
+    @classmethod
+    def ms(cls) -> float:
+        if cls._instance is None:
+            cls._instance = cls()
+        table, keys, best = cls._instance.table, cls._instance.keys, math.inf
+        for _ in range(3):
+            started = time.perf_counter()
+            for key in keys:
+                table[key]
+            best = min(best, time.perf_counter() - started)
+        return round(best * 1000, 1)
+
+
 class CpuMeter:
     """Cores used during a scenario: by this process, by the writer thread alone, and by Postgres.
 
@@ -958,7 +993,7 @@ def run_ledger_scenario(runtime: LedgerRuntime, dsn: str, setup: LedgerSetup, op
     counts_before = store_counts(runtime, dsn, position_before)
     writer_before = runtime.writer.stats()
     offered = options.open_rate_per_s if driver == "open" else None
-    probe_ms = speed_probe_ms()
+    probe_ms, memory_probe_ms = speed_probe_ms(), MemoryProbe.ms()
     wal_meter = WalMeter(dsn)
     wal_before = wal_meter.snapshot()
     cpu_before = meter.snapshot()
@@ -984,7 +1019,7 @@ def run_ledger_scenario(runtime: LedgerRuntime, dsn: str, setup: LedgerSetup, op
     m = summarize(records, start, options.warmup_seconds, options.seconds, name=f"ledger {workload_name}",
                   system="ledger", workload=workload_name, driver=driver, clients=clients)
     m.offered_per_s = offered
-    m.extra.update(cores_used=cores, gc=pauses.summary(), speed_probe_ms=probe_ms,
+    m.extra.update(cores_used=cores, gc=pauses.summary(), speed_probe_ms=probe_ms, memory_probe_ms=memory_probe_ms,
                    wal=wal_meter.used(wal_before, wal_after, m.total_ok))
     per_command = options.batch_size if driver == "batched" else None
     if per_command is not None:
@@ -1025,7 +1060,7 @@ def run_baseline_scenario(dsn: str, options: LedgerBenchOptions, clients: int, w
     workload = random_pairs(accounts) if workload_name == "random" else hot_credit(accounts, accounts)
     before = sql_baseline.totals(dsn)
     targets = [SqlTarget(dsn) for _ in range(clients)]
-    probe_ms = speed_probe_ms()
+    probe_ms, memory_probe_ms = speed_probe_ms(), MemoryProbe.ms()
     wal_meter = WalMeter(dsn)
     wal_before = wal_meter.snapshot()
     cpu_before = meter.snapshot()
@@ -1042,7 +1077,7 @@ def run_baseline_scenario(dsn: str, options: LedgerBenchOptions, clients: int, w
     m = summarize(records, start, options.warmup_seconds, options.seconds, name=f"baseline {workload_name}",
                   system="baseline", workload=workload_name, driver="threads", clients=clients)
     m.extra["cores_used"] = {k: v for k, v in cores.items() if k != "ledger_writer_thread"}
-    m.extra["speed_probe_ms"] = probe_ms
+    m.extra["speed_probe_ms"], m.extra["memory_probe_ms"] = probe_ms, memory_probe_ms
     m.extra["wal"] = wal_meter.used(wal_before, wal_after, m.total_ok)
     after = sql_baseline.totals(dsn)
     committed = after.transfers - before.transfers
@@ -1405,7 +1440,8 @@ def render_report(report: dict[str, Any]) -> str:
     lines.append("cores: CPU cores used by this process / by the ledger writer thread alone / by local Postgres / by "
                  "anything else on the machine (should be ~0)")
     lines.append(f"speed probe: ms this machine took for {SPEED_PROBE_ITERATIONS:,} Python additions just before the "
-                 "scenario (best of 3; lower is faster)")
+                 "scenario (best of 3; lower is faster); memory probe: the same for "
+                 f"{MEMORY_PROBE_LOOKUPS:,} random lookups in a dict of {MEMORY_PROBE_ENTRIES:,} entries")
     lines.append("WAL: bytes of the server's write-ahead log and full-page images per transfer committed (warm-up "
                  "included), and Postgres checkpoints started during the scenario")
     for m in report["scenarios"]:
@@ -1413,9 +1449,9 @@ def render_report(report: dict[str, Any]) -> str:
         lines.append(f"  {m['name']} ({m['driver']}): {extra.get('writer_commands_per_batch')} commands per group "
                      f"commit, {extra.get('checkpoints_written')} checkpoint(s) written, "
                      f"{gc_info.get('gen2_collections')} full GC pause(s), longest {gc_info.get('gen2_ms_max')} ms; "
-                     f"speed probe {extra.get('speed_probe_ms')} ms; {_wal_text(extra)}")
+                     f"{_probes_text(extra)}; {_wal_text(extra)}")
     for m in report["baseline"]:
-        lines.append(f"  {m['name']} ({m['clients']} connections): speed probe {m['extra'].get('speed_probe_ms')} ms; "
+        lines.append(f"  {m['name']} ({m['clients']} connections): {_probes_text(m['extra'])}; "
                      f"{_wal_text(m['extra'])}")
     lines.append("")
     for driver, r in report["ratios"].items():
@@ -1432,7 +1468,8 @@ def render_report(report: dict[str, Any]) -> str:
                      f"at {r['baseline']['clients']} connections; ledger random {measured}; speed probe "
                      f"{'/'.join(str(m['extra'].get('speed_probe_ms')) for m in (*r['ledger'], r['baseline']))} ms")
         for m in (*r["ledger"], r["baseline"]):
-            lines.append(f"  {m['system']} {m['driver']} at {m['clients']}: {_wal_text(m['extra'])}")
+            lines.append(f"  {m['system']} {m['driver']} at {m['clients']}: {_probes_text(m['extra'])}; "
+                         f"{_wal_text(m['extra'])}")
     for driver, r in report["ratios"].items():
         if isinstance(r, dict) and "paired_median" in r:
             lines.append(f"paired ratio ({driver}): median {_fmt(r['paired_median'])} of "
@@ -1460,6 +1497,10 @@ def _cores(cores: dict[str, float | None]) -> str:
         return "n/a"
     return "/".join("-" if cores.get(k) is None else f"{cores[k]:.2f}"
                     for k in ("bench_process", "ledger_writer_thread", "postgres", "other"))
+
+
+def _probes_text(extra: dict[str, Any]) -> str:
+    return f"speed probe {extra.get('speed_probe_ms')} ms, memory probe {extra.get('memory_probe_ms')} ms"
 
 
 def _wal_text(extra: dict[str, Any]) -> str:

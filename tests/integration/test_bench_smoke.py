@@ -58,7 +58,7 @@ def test_report_has_every_field(report: dict[str, Any]) -> None:
                                                                            (report["baseline_best_clients"], "hot")]
     for m in scenarios + report["baseline"]:
         assert SCENARIO_FIELDS <= m.keys()
-        assert m["extra"]["speed_probe_ms"] > 0
+        assert m["extra"]["speed_probe_ms"] > 0 and m["extra"]["memory_probe_ms"] > 0
         assert {"p50", "p99", "max"} <= m["latency_ms"].keys()
         assert m["transfers_per_s"] > 0 and 0 < m["latency_ms"]["p50"] <= m["latency_ms"]["p99"]
         # What each transfer cost the server's WAL: at least its own records (a ledger event's stored JSON alone
