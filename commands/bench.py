@@ -962,7 +962,12 @@ def ledger_checks(runtime: LedgerRuntime, dsn: str, counts_before: tuple[int, in
         "no_answer_errors": m.total_errors,
         "writer_fatal": repr(runtime.writer.fatal) if runtime.writer.fatal else None,
     }
-    if transfers_per_command is None:
+    checks["writer_committed_events"] = writer_after.events - writer_before.events
+    if m.driver == "api":
+        # The gateway sends each pass of its event loop as one command (ADR 0024): the writer's count of commands
+        # says nothing about transfers, its count of events does (one per transfer in these workloads).
+        writer_agrees = checks["writer_committed_events"] == committed
+    elif transfers_per_command is None:
         # One transfer per command: the writer counts only the commands it committed, not the refused ones.
         writer_agrees = checks["writer_committed_commands"] == m.total_ok
     else:
@@ -976,6 +981,7 @@ def ledger_checks(runtime: LedgerRuntime, dsn: str, counts_before: tuple[int, in
     batches = writer_after.batches - writer_before.batches
     m.extra["writer_batches"] = batches
     m.extra["writer_commands_per_batch"] = round(checks["writer_committed_commands"] / batches, 1) if batches else 0
+    m.extra["writer_events_per_batch"] = round(checks["writer_committed_events"] / batches, 1) if batches else 0
     return checks
 
 
@@ -1447,8 +1453,9 @@ def render_report(report: dict[str, Any]) -> str:
                  "included), and Postgres checkpoints started during the scenario")
     for m in report["scenarios"]:
         gc_info, extra = m["extra"].get("gc", {}), m["extra"]
-        lines.append(f"  {m['name']} ({m['driver']}): {extra.get('writer_commands_per_batch')} commands per group "
-                     f"commit, {extra.get('checkpoints_written')} checkpoint(s) written, "
+        lines.append(f"  {m['name']} ({m['driver']}): {extra.get('writer_commands_per_batch')} commands and "
+                     f"{extra.get('writer_events_per_batch')} events per group commit, "
+                     f"{extra.get('checkpoints_written')} checkpoint(s) written, "
                      f"{gc_info.get('gen2_collections')} full GC pause(s), longest {gc_info.get('gen2_ms_max')} ms; "
                      f"{_probes_text(extra)}; {_wal_text(extra)}")
     for m in report["baseline"]:

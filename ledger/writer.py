@@ -520,7 +520,7 @@ class LedgerWriter:
                 continue
             chunk, stopping = self._take()
             if chunk:
-                self._decide_chunk(chunk)
+                self._decide_in_turn(chunk)
             elif not stopping and self._in_flight is None and not self._open:
                 self._idle()
 
@@ -557,6 +557,21 @@ class LedgerWriter:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 return chunk, False
+
+    def _decide_in_turn(self, chunk: list[_Submission]) -> None:
+        """Decides ``chunk``, handing the open batch to an idle committer between commands once its window is over.
+
+        The committer then saves the first commands while the writer decides the rest, rather than waiting for the
+        whole chunk: what keeps a save and deciding overlapped when commands arrive in a few large ones (the API's
+        gateway sends each pass of its event loop as one command, ADR 0024) rather than as many small ones.
+        """
+        first = 0
+        while self._in_flight is None and len(chunk) - first > 1:
+            self._decide_chunk(chunk[first:first + 1])
+            first += 1
+            if self._open and (self._open_full() or time.monotonic() >= self._open.first_at + self.wait_s):
+                self._hand_over()
+        self._decide_chunk(chunk[first:] if first else chunk)
 
     def _decide_chunk(self, chunk: list[_Submission]) -> None:
         """Decides ``chunk`` into the open batch (a refused command is answered at once, alone)."""

@@ -725,6 +725,39 @@ def test_commands_arriving_during_a_save_are_decided_meanwhile_and_saved_next(
     assert book.available(rich) == 1_000
 
 
+def test_an_idle_committer_gets_the_first_command_of_a_chunk_while_the_rest_is_decided(
+    monkeypatch: pytest.MonkeyPatch, funded: tuple[Ledger, UUID, UUID, UUID]
+) -> None:
+    # ADR 0024: commands that reach the writer together while nothing is being saved (the API's gateway sends a
+    # pass of its loop as one) are not all decided before the first save starts: once the first one's window is
+    # over it goes to the committer, and the others are decided while it saves, into the next batch.
+    book, _, rich, poor = funded
+    answering, go_on = threading.Event(), threading.Event()
+
+    def hold_the_writer(_: Any) -> None:  # runs on the writer thread, while it answers a batch
+        answering.set()
+        assert go_on.wait(WAIT_S)
+
+    blocker = book.writer.submit(ReadAccounts(()))
+    blocker.add_done_callback(hold_the_writer)
+    assert answering.wait(WAIT_S)
+    held_save = _HeldAppend(monkeypatch, book.app)
+    batches, count = book.writer.stats().batches, book.event_count()
+    chunk = [book.writer.submit(CreateTransfers((t(f"c{i}-a", rich, poor, 100), t(f"c{i}-b", rich, poor, 100))))
+             for i in range(3)]
+    time.sleep(2 * book.writer.wait_s)  # the first command's window is over before the writer takes them
+    go_on.set()
+    assert held_save.entered.wait(WAIT_S)
+    # The first command is being saved on its own; the other two were decided meanwhile, into the open batch.
+    _wait_until(lambda: len(book.writer._open.done) == 2)
+    assert not any(f.done() for f in chunk)
+    held_save.release()
+    results = [f.result(timeout=WAIT_S) for f in chunk]
+    assert [r.position for outcomes in results for r in outcomes] == list(range(count + 1, count + 7))
+    assert book.writer.stats().batches == batches + 2
+    assert book.available(rich) == 10_000 - 600
+
+
 def test_a_failed_save_also_refuses_what_was_decided_on_top_of_it(
     monkeypatch: pytest.MonkeyPatch, funded: tuple[Ledger, UUID, UUID, UUID]
 ) -> None:
