@@ -3,7 +3,8 @@
 ``LedgerWriter.submit`` is non-blocking and thread safe: a request queues its command and awaits an asyncio
 future that the writer thread resolves once the command's group-commit batch is durable (one wake-up of
 the event loop per burst of replies, ``_Settler``). Thousands of requests awaiting at once therefore land in the
-same batches (ADR 0004).
+same batches (ADR 0004). Single transfers go further together: those submitted in one pass of the event loop
+travel to the writer as one command of independent transfers, and each request gets its own answer (ADR 0024).
 
 The writer's ``Reply`` is never cancelled from here: a request task cancelled by a timeout or a shutdown only
 stops waiting, and a command the writer already took is still decided. The bridge copies the outcome one way only.
@@ -76,10 +77,9 @@ class _Settler:
     - **Transfers** (ADR 0024). The single transfers that requests submit during one pass of the loop go to the
       writer as one ``CreateTransfers`` command at the end of it, or every ``GATHERED_TRANSFERS_MAX`` of them: one
       queue slot, one ``Reply`` and one callback for the group instead of one each, and one timer for the group
-      instead of one per request. The writer
-      decides each transfer of such a command exactly as it decides a command of its own (each in order, each
-      answered with its own result or its own refusal, a refusal never touching the others), so a request cannot
-      tell the difference, except that it costs the process less.
+      instead of one per request. The writer decides each transfer of such a command exactly as it decides a
+      command of its own (each in order, each answered with its own result or its own refusal, a refusal never
+      touching the others), so a request cannot tell the difference, except that it costs the process less.
     """
 
     __slots__ = ("_flush_pending", "_ready", "_transfers", "_waiters", "_wake_pending", "loop", "transfers_in_flight",
