@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from commands.api.gateway import LedgerGateway
+from commands.api.gateway import LedgerGateway, settle_waiters
 from commands.pix_metrics import PixMetrics
 from ledger import errors
 from ledger.pix import InvalidPixPayload, ReceivedPix, format_valor, validate_pix
@@ -91,17 +91,6 @@ class _Queued:
     future: Future[set[str]] | None = None
     waiter: asyncio.Future[set[str]] | None = None
     loop: asyncio.AbstractEventLoop | None = None
-
-
-def _settle_all(outcomes: list[tuple[asyncio.Future[set[str]], set[str] | BaseException]]) -> None:
-    """On the event loop: resolves every waiter of one committed batch (one wake-up for the whole batch)."""
-    for waiter, outcome in outcomes:
-        if waiter.done():  # the request gave up waiting
-            continue
-        if isinstance(outcome, BaseException):
-            waiter.set_exception(outcome)
-        else:
-            waiter.set_result(outcome)
 
 
 class InboxWriter:
@@ -208,7 +197,7 @@ class InboxWriter:
                 by_loop.setdefault(queued.loop, []).append((queued.waiter, outcome))
         for loop, pairs in by_loop.items():
             try:
-                loop.call_soon_threadsafe(_settle_all, pairs)
+                loop.call_soon_threadsafe(settle_waiters, pairs)  # one wake-up a batch
             except RuntimeError:  # the loop closed meanwhile (shutdown): nobody waits any more
                 pass
 

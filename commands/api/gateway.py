@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import copy
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 from uuid import UUID
@@ -40,6 +40,17 @@ def _settle(waiter: asyncio.Future[Any], done: Reply[Any]) -> None:
         waiter.set_result(done.result())
 
 
+def settle_waiters(outcomes: Iterable[tuple[asyncio.Future[Any], Any]]) -> None:
+    """On the event loop: each waiter gets its outcome, raised if it is an exception; one that gave up is skipped."""
+    for waiter, outcome in outcomes:
+        if waiter.done():  # the request gave up waiting (timeout or cancellation)
+            continue
+        if isinstance(outcome, BaseException):
+            waiter.set_exception(outcome)
+        else:
+            waiter.set_result(outcome)
+
+
 def _unavailable() -> errors.LedgerUnavailable:
     return errors.LedgerUnavailable(
         "no answer from the ledger in time; the outcome is unknown, retry with the same key"
@@ -59,10 +70,10 @@ def _expire_all(waiters: list[asyncio.Future[Any]]) -> None:
 class _Group:
     """The requests whose transfers went to the writer as one command, and the one timer they share."""
 
-    __slots__ = ("expiry", "many", "waiters")
+    __slots__ = ("expiry", "waiters")
 
-    def __init__(self, waiters: list[asyncio.Future[Any]], many: bool, expiry: asyncio.TimerHandle) -> None:
-        self.waiters, self.many, self.expiry = waiters, many, expiry
+    def __init__(self, waiters: list[asyncio.Future[Any]], expiry: asyncio.TimerHandle) -> None:
+        self.waiters, self.expiry = waiters, expiry
 
 
 class _Settler:
@@ -121,9 +132,8 @@ class _Settler:
         if not transfers:  # sent as a full group since this pass's flush was scheduled
             return
         self._transfers, self._waiters = [], []
-        many = len(transfers) > 1
-        command: WriterCommand = CreateTransfers(tuple(transfers)) if many else transfers[0]
-        group = _Group(waiters, many, self.loop.call_later(LEDGER_WAIT_S_MAX, _expire_all, waiters))
+        command: WriterCommand = CreateTransfers(tuple(transfers)) if len(transfers) > 1 else transfers[0]
+        group = _Group(waiters, self.loop.call_later(LEDGER_WAIT_S_MAX, _expire_all, waiters))
         self.writer.submit(command).add_done_callback(partial(self.on_done, self._settle_group, group))
 
     def _settle_group(self, group: _Group, done: Reply[Any]) -> None:
@@ -136,14 +146,9 @@ class _Settler:
                 if not waiter.done():
                     waiter.set_exception(copy.copy(exc))
             return
-        outcomes = done.result() if group.many else (done.result(),)
-        for waiter, outcome in zip(waiters, outcomes, strict=True):
-            if waiter.done():  # the request gave up waiting
-                continue
-            if isinstance(outcome, BaseException):
-                waiter.set_exception(outcome)
-            else:
-                waiter.set_result(outcome)
+        # A group of one went as the transfer itself, answered with its result rather than a list of one.
+        outcomes = done.result() if len(waiters) > 1 else (done.result(),)
+        settle_waiters(zip(waiters, outcomes, strict=True))
 
     # ---- from the writer's thread: replies ---------------------------------------------------------------------
     def on_done(self, settle: Callable[[Any, Reply[Any]], None], target: Any, done: Reply[Any]) -> None:
